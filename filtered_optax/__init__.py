@@ -1,0 +1,40 @@
+"""filtered_optax: composable optax optimizers - filter -> moment EMA -> scaled update.
+
+Ships the filtered Adam family (a dynamic gradient filter in front of Adam's moments,
+holding no state beyond Adam's), Muon, and SGD+momentum / Adam / AdamW / RMSProp /
+AdaBelief rebuilt from the same stages.
+"""
+
+from filtered_optax._alias import adabelief as adabelief
+from filtered_optax._alias import adam as adam
+from filtered_optax._alias import adamw as adamw
+from filtered_optax._alias import filtered_adam as filtered_adam
+from filtered_optax._alias import filtered_adamw as filtered_adamw
+from filtered_optax._alias import rmsprop as rmsprop
+from filtered_optax._alias import sgd as sgd
+from filtered_optax._filters import FilterResult as FilterResult
+from filtered_optax._filters import FilterStats as FilterStats
+from filtered_optax._filters import filter_stats as filter_stats
+from filtered_optax._filters import identity_filter as identity_filter
+from filtered_optax._filters import kalman_filter as kalman_filter
+from filtered_optax._filters import kalman_filter_math as kalman_filter_math
+from filtered_optax._filters import soft_clip_filter as soft_clip_filter
+from filtered_optax._filters import soft_clip_filter_math as soft_clip_filter_math
+from filtered_optax._filters import spam_filter as spam_filter
+from filtered_optax._filters import spam_filter_math as spam_filter_math
+from filtered_optax._filters import zscore_filter as zscore_filter
+from filtered_optax._filters import zscore_filter_math as zscore_filter_math
+from filtered_optax._moments import MomentRule as MomentRule
+from filtered_optax._moments import Moments as Moments
+from filtered_optax._moments import WithMomentsState as WithMomentsState
+from filtered_optax._moments import belief as belief
+from filtered_optax._moments import ema as ema
+from filtered_optax._moments import heavy_ball as heavy_ball
+from filtered_optax._moments import second_moment as second_moment
+from filtered_optax._moments import with_moments as with_moments
+from filtered_optax._scaling import momentum_output as momentum_output
+from filtered_optax._scaling import normalize as normalize
+from filtered_optax._scaling import rms_normalize as rms_normalize
+from filtered_optax._scaling import sign_update as sign_update
+
+__version__ = "0.1.0"

@@ -1,0 +1,491 @@
+r"""Gradient filters: :math:`\tilde g_t = F(g_t, m_{t-1}, v_{t-1}, c)`.
+
+Every filter reads only the buffers the moment stage already holds (the previous
+``mu``, ``nu`` and ``count``), so a filtered Adam needs no memory beyond Adam's. The math
+lives in small pure per-array functions (``*_math``); the stages only map them over the
+gradient tree inside :func:`filtered_optax.with_moments`, which supplies
+``prev_moments=``.
+
+Shared gate: every filter returns the raw gradient where ``c < warmup``, ``c == 0``,
+``v_{t-1} == 0``, ``g == 0`` or ``g`` is NaN. (A coordinate first seen late, such as a
+rare embedding row, would otherwise lock at zero; a masked or frozen coordinate stays
+frozen; and a NaN stays visible, since it is a bug upstream - ``optax.apply_if_finite``
+is the guard for it.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from filtered_optax import _validation
+from filtered_optax._moments import Moments
+
+# rho_c is capped below 1 so that 1 / (1 - rho_c), which turns the spread of the EMA
+# into the noise variance, stays finite on the first step (where rho_1 == 1 exactly).
+_MAX_RHO = 0.9999
+
+
+class FilterResult(NamedTuple):
+    """What a filter's math returns for one array.
+
+    Attributes:
+      filtered: the filtered gradient, in the gradient's dtype.
+      is_spike: bool array, True where the element was clipped as a spike.
+      gain: float32 effective gain ``(g~ - m_hat) / (g - m_hat)``: 1 where the gradient
+        passes unchanged, ``K`` where it is smoothed, below 1 where it is clipped.
+    """
+
+    filtered: jax.Array
+    is_spike: jax.Array
+    gain: jax.Array
+
+
+class FilterStats(NamedTuple):
+    """Scalar per-step statistics a filter stage keeps when ``stats=True``.
+
+    Attributes:
+      spike_fraction: fraction of all gradient elements clipped as spikes this step.
+      mean_gain: mean effective gain over all elements (1 = nothing changed).
+    """
+
+    spike_fraction: jax.Array
+    mean_gain: jax.Array
+
+
+class _Prior(NamedTuple):
+    """Bias-corrected previous moments of one array, in float32 (or wider)."""
+
+    g: jax.Array  # the raw gradient, upcast
+    m_hat: jax.Array  # m_{t-1} / (1 - b1^c)
+    v_hat: jax.Array  # v_{t-1} / (1 - b2^c)
+    scale: jax.Array  # s = sqrt(v_hat); 1 where the gate is open (a safe placeholder)
+    innovation: jax.Array  # d = g - m_hat; 0 where the gate is open
+    passthrough: jax.Array  # bool: the shared gate, F = identity here
+    count: jax.Array  # c, clamped to >= 1 so that 1 - b^c never divides by zero
+
+
+def _prior(g, m, v, count, b1, b2, warmup) -> _Prior:
+    compute = jnp.promote_types(g.dtype, jnp.float32)
+    g32 = g.astype(compute)
+    c = jnp.maximum(jnp.asarray(count), 1)
+    m_hat = m.astype(compute) / (1 - jnp.asarray(b1, compute) ** c)
+    v_hat = v.astype(compute) / (1 - jnp.asarray(b2, compute) ** c)
+    passthrough = (
+        (jnp.asarray(count) < warmup)
+        | (jnp.asarray(count) == 0)
+        | ~(v_hat > 0)
+        | (g32 == 0)
+        | jnp.isnan(g32)
+    )
+    # Safe placeholders where the gate is open, so that the branch not selected there
+    # computes nothing that could be NaN (in values or in jax.grad).
+    v_safe = jnp.where(passthrough, 1.0, v_hat)
+    innovation = jnp.where(passthrough, 0.0, g32 - m_hat)
+    return _Prior(g32, m_hat, v_safe, jnp.sqrt(v_safe), innovation, passthrough, c)
+
+
+def _noise_variance(prior: _Prior, b1, kappa) -> jax.Array:
+    """sigma^2 = max(max(v_hat - m_hat^2, 0) / (1 - rho_c), kappa * v_hat)."""
+    b1c = jnp.asarray(b1, prior.g.dtype) ** prior.count
+    rho = jnp.minimum(_MAX_RHO, (1 - b1) * (1 + b1c) / ((1 + b1) * (1 - b1c)))
+    spread = jnp.maximum(prior.v_hat - prior.m_hat**2, 0.0) / (1 - rho)
+    return jnp.maximum(spread, kappa * prior.v_hat)
+
+
+def _clip_to(prior: _Prior, is_spike, radius) -> jax.Array:
+    """m_hat + sign(d) * radius where is_spike (radius is zeroed elsewhere, NaN-safe)."""
+    return prior.m_hat + jnp.sign(prior.innovation) * jnp.where(is_spike, radius, 0.0)
+
+
+def _finish(g, prior: _Prior, filtered, is_spike) -> FilterResult:
+    """Applies the gate, casts back to the gradient dtype and derives the gain."""
+    filtered = jnp.where(prior.passthrough, prior.g, filtered)
+    is_spike = is_spike & ~prior.passthrough
+    d = prior.innovation
+    nonzero = d != 0
+    gain = jnp.where(nonzero, (filtered - prior.m_hat) / jnp.where(nonzero, d, 1.0), 1.0)
+    gain = jnp.where(jnp.isfinite(gain), gain, 0.0)
+    return FilterResult(filtered.astype(g.dtype), is_spike, gain.astype(jnp.float32))
+
+
+def _is_concrete(value, target: float) -> bool:
+    x = _validation.concrete_float(value)
+    return x is not None and x == target
+
+
+def kalman_filter_math(
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    count: jax.Array | int,
+    *,
+    b1: float,
+    b2: float,
+    eta: float = 1.0,
+    gamma: float = 10.0,
+    warmup: int = 20,
+    kappa: float = 1e-2,
+) -> FilterResult:
+    r"""The robust Kalman innovation filter on one array (SPEC section A).
+
+    With :math:`\hat m, \hat v` the bias-corrected previous moments, :math:`s=\sqrt{\hat v}`,
+    :math:`d = g - \hat m` and
+
+    .. math::
+      \rho_c = \min\!\Big(0.9999, \tfrac{(1-b_1)(1+b_1^c)}{(1+b_1)(1-b_1^c)}\Big), \quad
+      \hat\sigma^2 = \max\!\Big(\tfrac{\max(\hat v - \hat m^2, 0)}{1-\rho_c},
+                                \kappa \hat v\Big), \quad
+      K = \max\!\big(\eta, 1 - \hat\sigma^2/d^2\big),
+
+    .. math::
+      \tilde g = \begin{cases} \hat m + \operatorname{sign}(d)\,\gamma s & |d| > \gamma s
+                 \ \text{(spike)} \\ g - (1-K)\,d & \text{otherwise.} \end{cases}
+
+    The gate (``c < warmup``, ``c == 0``, ``v == 0``, ``g == 0``, NaN ``g``) returns ``g``.
+    By Chebyshev, at most :math:`1/\gamma^2` of clean steps are flagged as spikes,
+    whatever the noise law. ``eta = 1`` skips the smoothing branch at trace time.
+
+    Args:
+      g: the raw gradient.
+      m: the previous first moment :math:`m_{t-1}` (not bias corrected).
+      v: the previous second moment :math:`v_{t-1}` (not bias corrected).
+      count: completed steps :math:`c` (the moment state's count before this update).
+      b1: decay of ``m``.
+      b2: decay of ``v``.
+      eta: gain floor in [0, 1]; 1 = no sub-threshold smoothing.
+      gamma: spike threshold in RMS units, > 0; ``inf`` disables clipping.
+      warmup: steps during which the filter is the identity.
+      kappa: floor of the noise variance relative to :math:`\hat v`.
+
+    Returns:
+      A :class:`FilterResult`; ``filtered`` has ``g``'s dtype, arithmetic is float32
+      (float64 for float64 inputs).
+
+    Example:
+      >>> import jax.numpy as jnp, filtered_optax as fo
+      >>> r = fo.kalman_filter_math(jnp.array([100.0]), jnp.array([0.0]),
+      ...                           jnp.array([1.0]), 50, b1=0.9, b2=0.999)
+      >>> bool(r.is_spike[0])
+      True
+
+    References:
+      Mehra, "On the identification of variances and adaptive Kalman filtering", IEEE
+      TAC 1970 (covariance matching); Chebyshev's inequality for the threshold.
+    """
+    prior = _prior(g, m, v, count, b1, b2, warmup)
+    radius = gamma * prior.scale
+    is_spike = jnp.abs(prior.innovation) > radius
+    if _is_concrete(eta, 1.0):
+        smoothed = prior.g  # K = max(1, .) = 1: g - 0 * d == g exactly
+    else:
+        d = jnp.where(is_spike, 0.0, prior.innovation)
+        d2 = d * d
+        sigma2 = _noise_variance(prior, b1, kappa)
+        gain = jnp.where(d2 > 0, jnp.maximum(eta, 1 - sigma2 / jnp.where(d2 > 0, d2, 1.0)), 1.0)
+        smoothed = prior.g - (1 - gain) * d
+    filtered = jnp.where(is_spike, _clip_to(prior, is_spike, radius), smoothed)
+    return _finish(g, prior, filtered, is_spike)
+
+
+def spam_filter_math(g, m, v, count, *, b1, b2, threshold=5000.0, warmup=0) -> FilterResult:
+    r"""SPAM's spike-aware clipping on one array.
+
+    .. math:: \tilde g = \operatorname{sign}(g) \sqrt{\theta\, v_{t-1}}
+              \quad\text{where } g^2 > \theta\, v_{t-1} \text{ and } v_{t-1} > 0
+
+    ``v`` is the raw (not bias-corrected) second moment, as in SPAM. The ``v > 0`` gate
+    keeps coordinates first seen late from locking at zero.
+
+    References:
+      Huang et al., "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM
+      Training", arXiv:2501.06842.
+    """
+    del m
+    prior = _prior(g, jnp.zeros_like(v), v, count, b1, b2, warmup)
+    v_raw = jnp.where(prior.passthrough, 1.0, v.astype(prior.g.dtype))
+    bound = jnp.sqrt(threshold * v_raw)
+    is_spike = jnp.abs(prior.g) > bound
+    filtered = jnp.where(is_spike, jnp.sign(prior.g) * bound, prior.g)
+    return _finish(g, prior, filtered, is_spike)
+
+
+def zscore_filter_math(
+    g, m, v, count, *, b1, b2, gamma=5.0, warmup=20, kappa=1e-2
+) -> FilterResult:
+    r"""Centred z-score clip: :math:`|d| > \gamma\hat\sigma \Rightarrow
+    \tilde g = \hat m + \operatorname{sign}(d)\gamma\hat\sigma`, with :math:`\hat\sigma^2`
+    as in :func:`kalman_filter_math`.
+
+    Thresholds against the noise scale rather than the RMS, so it also flags moderate
+    outliers on signal-dominated coordinates.
+    """
+    prior = _prior(g, m, v, count, b1, b2, warmup)
+    radius = gamma * jnp.sqrt(_noise_variance(prior, b1, kappa))
+    is_spike = jnp.abs(prior.innovation) > radius
+    filtered = jnp.where(is_spike, _clip_to(prior, is_spike, radius), prior.g)
+    return _finish(g, prior, filtered, is_spike)
+
+
+def soft_clip_filter_math(g, m, v, count, *, b1, b2, gamma=10.0, warmup=20) -> FilterResult:
+    r"""Soft clip: :math:`\tilde g = \hat m + \gamma s \tanh\big(d / (\gamma s)\big)`.
+
+    Smooth in ``g``; close to the identity for :math:`|d| \ll \gamma s` and saturating at
+    :math:`\hat m \pm \gamma s`. ``is_spike`` marks :math:`|d| > \gamma s`.
+    """
+    prior = _prior(g, m, v, count, b1, b2, warmup)
+    radius = gamma * prior.scale
+    filtered = prior.m_hat + radius * jnp.tanh(prior.innovation / radius)
+    return _finish(g, prior, filtered, jnp.abs(prior.innovation) > radius)
+
+
+def _tree_stats(results, total_size: int) -> FilterStats:
+    spikes = sum(jnp.sum(r.is_spike, dtype=jnp.float32) for r in results)
+    gains = sum(jnp.sum(r.gain, dtype=jnp.float32) for r in results)
+    n = max(total_size, 1)
+    return FilterStats(jnp.asarray(spikes / n, jnp.float32), jnp.asarray(gains / n, jnp.float32))
+
+
+def _filter_stage(
+    name: str, math_fn: Callable[..., FilterResult], *, stats: bool
+) -> optax.GradientTransformationExtraArgs:
+    """Maps ``math_fn(g, m, v, count, b1=, b2=)`` over the tree, reading prev_moments."""
+
+    def init_fn(params):
+        del params
+        if stats:
+            return FilterStats(jnp.zeros([], jnp.float32), jnp.ones([], jnp.float32))
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, prev_moments: Moments | None = None, **extra):
+        del params, extra
+        if prev_moments is None:
+            raise TypeError(
+                f"{name} is a filter stage: it reads the previous moments through the "
+                "keyword argument prev_moments=, which fo.with_moments(filter=...) "
+                "supplies. Put it inside fo.with_moments instead of straight into "
+                "optax.chain."
+            )
+        if prev_moments.mu is None or prev_moments.nu is None:
+            raise TypeError(
+                f"{name} reads both moments (mu and nu); pair it with fo.ema or fo.belief."
+            )
+        leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+        mus = treedef.flatten_up_to(prev_moments.mu)
+        nus = treedef.flatten_up_to(prev_moments.nu)
+        results = [
+            None
+            if g is None
+            else math_fn(g, m, v, prev_moments.count, b1=prev_moments.b1, b2=prev_moments.b2)
+            for g, m, v in zip(leaves, mus, nus)
+        ]
+        filtered = treedef.unflatten([None if r is None else r.filtered for r in results])
+        if not stats:
+            return filtered, state
+        present = [r for r in results if r is not None]
+        total = sum(math.prod(r.filtered.shape) for r in present)
+        return filtered, _tree_stats(present, total)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def identity_filter() -> optax.GradientTransformationExtraArgs:
+    r"""The identity filter :math:`\tilde g = g`: with it, ``with_moments`` is plain Adam.
+
+    Returns:
+      A filter stage for :func:`filtered_optax.with_moments`.
+
+    Example:
+      >>> import filtered_optax as fo
+      >>> tx = fo.with_moments(filter=fo.identity_filter())
+    """
+
+    def update_fn(updates, state, params=None, **extra):
+        del params, extra
+        return updates, state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+
+
+def _check_warmup(warmup: Any) -> None:
+    x = _validation.concrete_float(warmup)
+    if x is not None and (x < 0 or x != int(x)):
+        raise ValueError(f"warmup must be an integer >= 0; got warmup={warmup!r}.")
+
+
+def kalman_filter(
+    eta: float = 1.0,
+    gamma: float = 10.0,
+    warmup: int = 20,
+    kappa: float = 1e-2,
+    *,
+    stats: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The default filter: robust Kalman innovation filter with spike clipping.
+
+    Smooths noise-sized deviations of the gradient from the trend with an adaptive gain
+    :math:`K = \max(\eta, 1 - \hat\sigma^2/d^2)` and clips deviations beyond
+    :math:`\gamma` RMS units to :math:`\hat m \pm \gamma s` before they enter ``m`` and
+    ``v``; see :func:`kalman_filter_math` for the math. ``eta=1, gamma=inf`` is exactly
+    the identity (short-circuited at trace time, so the optimizer is bitwise Adam).
+
+    Args:
+      eta: gain floor in [0, 1]; 1 = no sub-threshold smoothing.
+      gamma: spike threshold in RMS units, > 0 (``float('inf')`` disables clipping).
+      warmup: integer >= 0; the filter is the identity while ``count < warmup``.
+      kappa: noise-variance floor relative to the second moment, >= 0.
+      stats: keep :class:`FilterStats` (two scalars) in the state; read them with
+        :func:`filtered_optax.filter_stats`.
+
+    Returns:
+      A filter stage for :func:`filtered_optax.with_moments`.
+
+    Example:
+      >>> import filtered_optax as fo
+      >>> tx = fo.with_moments(filter=fo.kalman_filter(eta=0.9, gamma=10.0))
+
+    References:
+      SPEC section A; Mehra, IEEE TAC 1970 (adaptive Kalman filtering by covariance
+      matching).
+    """
+    _validation.check_range("eta", eta, low=0.0, high=1.0)
+    _validation.check_range("gamma", gamma, low=0.0, low_open=True)
+    _check_warmup(warmup)
+    _validation.check_non_negative("kappa", kappa)
+    if _is_concrete(eta, 1.0) and _is_concrete(gamma, math.inf) and not stats:
+        return identity_filter()
+
+    def math_fn(g, m, v, count, *, b1, b2):
+        return kalman_filter_math(
+            g, m, v, count, b1=b1, b2=b2, eta=eta, gamma=gamma, warmup=warmup, kappa=kappa
+        )
+
+    return _filter_stage("fo.kalman_filter", math_fn, stats=stats)
+
+
+def spam_filter(
+    threshold: float = 5000.0, warmup: int = 0, *, stats: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    r"""SPAM's spike clipping rule as a filter stage.
+
+    :math:`\tilde g = \operatorname{sign}(g)\sqrt{\theta v_{t-1}}` where
+    :math:`g^2 > \theta v_{t-1}` and :math:`v_{t-1} > 0`; see :func:`spam_filter_math`.
+
+    Args:
+      threshold: :math:`\theta > 0`; SPAM's default is 5000.
+      warmup: integer >= 0; the filter is the identity while ``count < warmup``.
+      stats: keep :class:`FilterStats` in the state.
+
+    Returns:
+      A filter stage for :func:`filtered_optax.with_moments`.
+
+    Example:
+      >>> import filtered_optax as fo
+      >>> tx = fo.with_moments(filter=fo.spam_filter(5000.0))
+
+    References:
+      Huang et al., "SPAM: Spike-Aware Adam with Momentum Reset", arXiv:2501.06842.
+    """
+    _validation.check_range("threshold", threshold, low=0.0, low_open=True)
+    _check_warmup(warmup)
+
+    def math_fn(g, m, v, count, *, b1, b2):
+        return spam_filter_math(g, m, v, count, b1=b1, b2=b2, threshold=threshold, warmup=warmup)
+
+    return _filter_stage("fo.spam_filter", math_fn, stats=stats)
+
+
+def zscore_filter(
+    gamma: float = 5.0, warmup: int = 20, kappa: float = 1e-2, *, stats: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    r"""Centred z-score clip as a filter stage (see :func:`zscore_filter_math`).
+
+    Args:
+      gamma: threshold in units of the estimated noise standard deviation, > 0.
+      warmup: integer >= 0; identity while ``count < warmup``.
+      kappa: noise-variance floor relative to the second moment, >= 0.
+      stats: keep :class:`FilterStats` in the state.
+
+    Returns:
+      A filter stage for :func:`filtered_optax.with_moments`.
+
+    Example:
+      >>> import filtered_optax as fo
+      >>> tx = fo.with_moments(filter=fo.zscore_filter(gamma=5.0))
+
+    References:
+      SPEC section A (filter family for ablations).
+    """
+    _validation.check_range("gamma", gamma, low=0.0, low_open=True)
+    _check_warmup(warmup)
+    _validation.check_non_negative("kappa", kappa)
+
+    def math_fn(g, m, v, count, *, b1, b2):
+        return zscore_filter_math(
+            g, m, v, count, b1=b1, b2=b2, gamma=gamma, warmup=warmup, kappa=kappa
+        )
+
+    return _filter_stage("fo.zscore_filter", math_fn, stats=stats)
+
+
+def soft_clip_filter(
+    gamma: float = 10.0, warmup: int = 20, *, stats: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    r"""Soft clip as a filter stage (see :func:`soft_clip_filter_math`).
+
+    Args:
+      gamma: saturation radius in RMS units, > 0.
+      warmup: integer >= 0; identity while ``count < warmup``.
+      stats: keep :class:`FilterStats` in the state.
+
+    Returns:
+      A filter stage for :func:`filtered_optax.with_moments`.
+
+    Example:
+      >>> import filtered_optax as fo
+      >>> tx = fo.with_moments(filter=fo.soft_clip_filter(gamma=10.0))
+
+    References:
+      SPEC section A (filter family for ablations).
+    """
+    _validation.check_range("gamma", gamma, low=0.0, low_open=True)
+    _check_warmup(warmup)
+
+    def math_fn(g, m, v, count, *, b1, b2):
+        return soft_clip_filter_math(g, m, v, count, b1=b1, b2=b2, gamma=gamma, warmup=warmup)
+
+    return _filter_stage("fo.soft_clip_filter", math_fn, stats=stats)
+
+
+def filter_stats(state: optax.OptState) -> dict[str, jax.Array] | None:
+    """Reads the filter statistics from an optimizer state.
+
+    Finds the (first) :class:`FilterStats` anywhere in ``state`` - inside chains,
+    ``inject_hyperparams``, ``MultiSteps`` and the like.
+
+    Args:
+      state: an optimizer state.
+
+    Returns:
+      ``{"spike_fraction": ..., "mean_gain": ...}`` for the last step, or None when the
+      optimizer was built without ``stats=True``.
+
+    Example:
+      >>> import jax.numpy as jnp, filtered_optax as fo
+      >>> tx = fo.filtered_adam(1e-3, stats=True)
+      >>> sorted(fo.filter_stats(tx.init({"w": jnp.zeros(3)})))
+      ['mean_gain', 'spike_fraction']
+    """
+    found = [
+        x
+        for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, FilterStats))
+        if isinstance(x, FilterStats)
+    ]
+    if not found:
+        return None
+    return found[0]._asdict()

@@ -1,0 +1,307 @@
+"""The moment-owning combinator: filter -> moment rule -> scale.
+
+``with_moments`` owns the only ``count`` / ``mu`` / ``nu`` buffers of an Adam-family
+optimizer. Per step it runs three pluggable stages:
+
+    g~  = filter(g;   prev_moments = (count_{t-1}, m_{t-1}, v_{t-1}))
+    m, v = rule(g~, m_{t-1}, v_{t-1})
+    u   = scale(g~;   moments = (count_t, m_t, v_t))
+
+A filter or scale stage is an ordinary ``optax.GradientTransformationExtraArgs`` that
+reads the moments through a keyword-only extra argument (``prev_moments=`` or
+``moments=``), a read-only :class:`Moments` view. Stages hold no parameter-sized state,
+so a filtered Adam holds exactly Adam's buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax import tree as otu
+
+from filtered_optax import _validation
+
+Updates = Any
+Params = Any
+
+
+class Moments(NamedTuple):
+    """Read-only view of the moment buffers that stages receive.
+
+    Attributes:
+      count: completed steps. In ``prev_moments`` (seen by filters) this is the count
+        *before* this update, in ``moments`` (seen by scales) the count after it.
+      mu: first-moment tree (EMA of gradients, or a momentum trace), or None when the
+        moment rule keeps none.
+      nu: second-moment tree, or None when the moment rule keeps none.
+      b1: decay of ``mu`` (0 when it keeps none), needed for bias correction.
+      b2: decay of ``nu`` (0 when it keeps none).
+    """
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+    b1: Any
+    b2: Any
+
+
+class MomentRule(NamedTuple):
+    """How the moment buffers are created and advanced.
+
+    Attributes:
+      init: ``params -> (mu, nu)``; either may be None when the rule keeps no such buffer.
+        Must not inspect leaf values (so ``jax.eval_shape`` works).
+      update: ``(g~, mu, nu) -> (mu, nu)``.
+      b1: decay of ``mu`` passed on to the stages in the :class:`Moments` view.
+      b2: decay of ``nu`` likewise.
+    """
+
+    init: Callable[[Params], tuple[Updates, Updates]]
+    update: Callable[[Updates, Updates, Updates], tuple[Updates, Updates]]
+    b1: Any
+    b2: Any
+
+
+class WithMomentsState(NamedTuple):
+    """State of :func:`with_moments`, with optax's field names.
+
+    ``optax.tree.get(state, "mu")`` and ``optax.tree.get(state, "nu")`` work as they do
+    for ``optax.scale_by_adam``. ``filter_state`` and ``scale_state`` hold only scalars
+    (or nothing).
+    """
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+    filter_state: optax.OptState
+    scale_state: optax.OptState
+
+
+def ema(b1: float = 0.9, b2: float = 0.999) -> MomentRule:
+    r"""Adam's moment rule: exponential moving averages of g and g^2.
+
+    .. math::
+      m_t = b_1 m_{t-1} + (1 - b_1) \tilde g_t, \qquad
+      v_t = b_2 v_{t-1} + (1 - b_2) \tilde g_t^2
+
+    Args:
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+
+    Returns:
+      A :class:`MomentRule` for :func:`with_moments`.
+
+    Example:
+      >>> import filtered_optax as fo
+      >>> tx = fo.with_moments(moments=fo.ema(0.9, 0.999), scale=fo.normalize(1e-8))
+
+    References:
+      Kingma & Ba, "Adam: A Method for Stochastic Optimization", arXiv:1412.6980.
+    """
+    _validation.check_decay("b1", b1)
+    _validation.check_decay("b2", b2)
+
+    def init(params):
+        return otu.zeros_like(params), otu.zeros_like(params)
+
+    def update(g, mu, nu):
+        return otu.update_moment(g, mu, b1, 1), otu.update_moment_per_elem_norm(g, nu, b2, 2)
+
+    return MomentRule(init, update, b1, b2)
+
+
+def belief(b1: float = 0.9, b2: float = 0.999, eps_root: float = 1e-16) -> MomentRule:
+    r"""AdaBelief's moment rule: the second moment is the centred "belief" variance.
+
+    .. math::
+      m_t = b_1 m_{t-1} + (1 - b_1) \tilde g_t, \qquad
+      s_t = b_2 s_{t-1} + (1 - b_2) (\tilde g_t - m_t)^2 + \epsilon_{root}
+
+    Args:
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the centred second moment, in [0, 1).
+      eps_root: added to the second moment every step, as in ``optax.scale_by_belief``.
+
+    Returns:
+      A :class:`MomentRule` for :func:`with_moments`.
+
+    References:
+      Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
+      Gradients", arXiv:2010.07468.
+    """
+    _validation.check_decay("b1", b1)
+    _validation.check_decay("b2", b2)
+    _validation.check_non_negative("eps_root", eps_root)
+
+    def init(params):
+        return otu.zeros_like(params), otu.zeros_like(params)
+
+    def update(g, mu, nu):
+        mu = otu.update_moment(g, mu, b1, 1)
+        nu = otu.update_moment_per_elem_norm(otu.sub(g, mu), nu, b2, 2)
+        return mu, jax.tree.map(lambda v: v + eps_root, nu)
+
+    return MomentRule(init, update, b1, b2)
+
+
+def second_moment(decay: float = 0.9, initial_scale: float = 0.0) -> MomentRule:
+    r"""RMSProp's moment rule: only an EMA of g^2, no first moment is stored.
+
+    .. math:: v_t = \rho v_{t-1} + (1 - \rho) \tilde g_t^2
+
+    Args:
+      decay: the decay rho, in [0, 1).
+      initial_scale: starting value of ``v`` (``optax.rmsprop``'s ``initial_scale``).
+
+    Returns:
+      A :class:`MomentRule` whose ``mu`` is None.
+
+    References:
+      Tieleman & Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012.
+    """
+    _validation.check_decay("decay", decay)
+    _validation.check_non_negative("initial_scale", initial_scale)
+
+    def init(params):
+        return None, otu.full_like(params, initial_scale)
+
+    def update(g, mu, nu):
+        del mu
+        return None, otu.update_moment_per_elem_norm(g, nu, decay, 2)
+
+    return MomentRule(init, update, 0.0, decay)
+
+
+def heavy_ball(momentum: float = 0.9) -> MomentRule:
+    r"""SGD's momentum rule: an undamped trace, no second moment is stored.
+
+    .. math:: m_t = \mu\, m_{t-1} + \tilde g_t
+
+    Args:
+      momentum: the momentum mu, >= 0.
+
+    Returns:
+      A :class:`MomentRule` whose ``nu`` is None.
+
+    References:
+      Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
+    """
+    _validation.check_non_negative("momentum", momentum)
+
+    def init(params):
+        return otu.zeros_like(params), None
+
+    def update(g, mu, nu):
+        del nu
+        return jax.tree.map(lambda m, x: x + momentum * m, mu, g), None
+
+    return MomentRule(init, update, momentum, 0.0)
+
+
+def _call_stage(stage: optax.GradientTransformation, updates, state, params, extra):
+    if isinstance(stage, optax.GradientTransformationExtraArgs):
+        return stage.update(updates, state, params, **extra)
+    return stage.update(updates, state, params)
+
+
+def _check_stage(name: str, stage: Any) -> None:
+    if not (hasattr(stage, "init") and hasattr(stage, "update")):
+        raise TypeError(
+            f"{name} must be an optax.GradientTransformation (for example "
+            f"fo.kalman_filter() or fo.normalize()); got {type(stage).__name__}."
+        )
+
+
+def with_moments(
+    *,
+    filter: optax.GradientTransformation | None = None,  # noqa: A002 - the stage's name
+    moments: MomentRule | None = None,
+    scale: optax.GradientTransformation | None = None,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Owns the moment buffers and runs filter -> moment rule -> scale.
+
+    .. math::
+      \tilde g_t = F(g_t;\ m_{t-1}, v_{t-1}, c), \quad
+      (m_t, v_t) = R(\tilde g_t, m_{t-1}, v_{t-1}), \quad
+      u_t = S(\tilde g_t;\ m_t, v_t, c + 1)
+
+    ``filter`` receives ``prev_moments=Moments(count, mu, nu, b1, b2)`` holding the
+    buffers *before* this step; ``scale`` receives ``moments=`` holding them after it.
+    Further extra arguments given to ``update`` are passed on to both stages.
+
+    Args:
+      filter: a filter stage (default: identity, i.e. no filtering).
+      moments: the moment rule (default: :func:`ema` with b1=0.9, b2=0.999).
+      scale: a scale stage (default: :func:`normalize` with eps=1e-8).
+      mu_dtype: storage dtype of ``mu`` (e.g. ``jnp.bfloat16``); arithmetic is done in
+        the gradient's dtype and ``mu`` is cast back at the end of each update.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is
+      :class:`WithMomentsState`.
+
+    Example:
+      >>> import optax, filtered_optax as fo
+      >>> tx = optax.chain(
+      ...     fo.with_moments(filter=fo.kalman_filter(eta=1.0, gamma=10.0),
+      ...                     moments=fo.ema(0.9, 0.999), scale=fo.normalize(1e-8)),
+      ...     optax.scale_by_learning_rate(1e-3))
+
+    References:
+      The stage split follows optax's ``scale_by_adam`` (Kingma & Ba, arXiv:1412.6980).
+    """
+    from filtered_optax import _filters, _scaling  # noqa: PLC0415 - avoid an import cycle
+
+    filter = _filters.identity_filter() if filter is None else filter  # noqa: A001
+    moments = ema() if moments is None else moments
+    scale = _scaling.normalize() if scale is None else scale
+    _check_stage("filter", filter)
+    _check_stage("scale", scale)
+    if not isinstance(moments, MomentRule):
+        raise TypeError(
+            "moments must be a fo.MomentRule such as fo.ema(b1, b2) or fo.belief(b1, b2); "
+            f"got {type(moments).__name__}."
+        )
+    mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+
+    def init_fn(params):
+        mu, nu = moments.init(params)
+        return WithMomentsState(
+            count=jnp.zeros([], jnp.int32),
+            mu=otu.cast(mu, mu_dtype),
+            nu=nu,
+            filter_state=filter.init(params),
+            scale_state=scale.init(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        for reserved in ("prev_moments", "moments"):
+            if reserved in extra_args:
+                raise TypeError(
+                    f"with_moments supplies the {reserved}= argument to its stages itself; "
+                    "do not pass it to update()."
+                )
+        prev = Moments(state.count, state.mu, state.nu, moments.b1, moments.b2)
+        filtered, filter_state = _call_stage(
+            filter, updates, state.filter_state, params, dict(extra_args, prev_moments=prev)
+        )
+        mu, nu = moments.update(filtered, state.mu, state.nu)
+        count = optax.safe_increment(state.count)
+        new = Moments(count, mu, nu, moments.b1, moments.b2)
+        updates, scale_state = _call_stage(
+            scale, filtered, state.scale_state, params, dict(extra_args, moments=new)
+        )
+        return updates, WithMomentsState(
+            count=count,
+            mu=otu.cast(mu, mu_dtype),
+            nu=otu.cast_like(nu, state.nu),
+            filter_state=filter_state,
+            scale_state=scale_state,
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
