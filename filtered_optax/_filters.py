@@ -98,9 +98,13 @@ def _noise_variance(prior: _Prior, b1, kappa) -> jax.Array:
     return jnp.maximum(spread, kappa * prior.v_hat)
 
 
-def _clip_to(prior: _Prior, is_spike, radius) -> jax.Array:
-    """m_hat + sign(d) * radius where is_spike (radius is zeroed elsewhere, NaN-safe)."""
-    return prior.m_hat + jnp.sign(prior.innovation) * jnp.where(is_spike, radius, 0.0)
+def _clip_to(prior: _Prior, is_spike, threshold, unit) -> jax.Array:
+    """m_hat + sign(d) * threshold * unit where is_spike.
+
+    The threshold is zeroed where no spike was flagged, so an infinite threshold never
+    meets a zero cotangent (inf * 0 = NaN) in ``jax.grad``.
+    """
+    return prior.m_hat + jnp.sign(prior.innovation) * jnp.where(is_spike, threshold, 0.0) * unit
 
 
 def _finish(g, prior: _Prior, filtered, is_spike) -> FilterResult:
@@ -179,8 +183,7 @@ def kalman_filter_math(
       TAC 1970 (covariance matching); Chebyshev's inequality for the threshold.
     """
     prior = _prior(g, m, v, count, b1, b2, warmup)
-    radius = gamma * prior.scale
-    is_spike = jnp.abs(prior.innovation) > radius
+    is_spike = jnp.abs(prior.innovation) > gamma * prior.scale
     if _is_concrete(eta, 1.0):
         smoothed = prior.g  # K = max(1, .) = 1: g - 0 * d == g exactly
     else:
@@ -189,7 +192,7 @@ def kalman_filter_math(
         sigma2 = _noise_variance(prior, b1, kappa)
         gain = jnp.where(d2 > 0, jnp.maximum(eta, 1 - sigma2 / jnp.where(d2 > 0, d2, 1.0)), 1.0)
         smoothed = prior.g - (1 - gain) * d
-    filtered = jnp.where(is_spike, _clip_to(prior, is_spike, radius), smoothed)
+    filtered = jnp.where(is_spike, _clip_to(prior, is_spike, gamma, prior.scale), smoothed)
     return _finish(g, prior, filtered, is_spike)
 
 
@@ -226,9 +229,9 @@ def zscore_filter_math(
     outliers on signal-dominated coordinates.
     """
     prior = _prior(g, m, v, count, b1, b2, warmup)
-    radius = gamma * jnp.sqrt(_noise_variance(prior, b1, kappa))
-    is_spike = jnp.abs(prior.innovation) > radius
-    filtered = jnp.where(is_spike, _clip_to(prior, is_spike, radius), prior.g)
+    sigma = jnp.sqrt(_noise_variance(prior, b1, kappa))
+    is_spike = jnp.abs(prior.innovation) > gamma * sigma
+    filtered = jnp.where(is_spike, _clip_to(prior, is_spike, gamma, sigma), prior.g)
     return _finish(g, prior, filtered, is_spike)
 
 
@@ -240,7 +243,12 @@ def soft_clip_filter_math(g, m, v, count, *, b1, b2, gamma=10.0, warmup=20) -> F
     """
     prior = _prior(g, m, v, count, b1, b2, warmup)
     radius = gamma * prior.scale
-    filtered = prior.m_hat + radius * jnp.tanh(prior.innovation / radius)
+    x = prior.innovation / radius
+    # r * tanh(d / r) -> d as r -> inf; written through x so that gamma = inf (x = 0)
+    # gives the identity instead of inf * 0.
+    safe_x = jnp.where(x == 0, 1.0, x)
+    shrink = jnp.where(x == 0, 1.0, jnp.tanh(safe_x) / safe_x)
+    filtered = prior.m_hat + prior.innovation * shrink
     return _finish(g, prior, filtered, jnp.abs(prior.innovation) > radius)
 
 
@@ -466,7 +474,8 @@ def filter_stats(state: optax.OptState) -> dict[str, jax.Array] | None:
     """Reads the filter statistics from an optimizer state.
 
     Finds the (first) :class:`FilterStats` anywhere in ``state`` - inside chains,
-    ``inject_hyperparams``, ``MultiSteps`` and the like.
+    ``inject_hyperparams``, ``MultiSteps`` and the like, and in a Flax
+    ``nnx.Optimizer``'s ``opt_state``.
 
     Args:
       state: an optimizer state.
@@ -488,4 +497,5 @@ def filter_stats(state: optax.OptState) -> dict[str, jax.Array] | None:
     ]
     if not found:
         return None
-    return found[0]._asdict()
+    # jnp.asarray also unwraps containers such as flax.nnx's OptArray.
+    return {k: jnp.asarray(v) for k, v in found[0]._asdict().items()}
