@@ -18,6 +18,9 @@ OPTIMIZERS = [
     ("adabelief", fo.adabelief, {}),
     ("sgd", fo.sgd, {}),
     ("sgd_momentum", fo.sgd, {"momentum": 0.9}),
+    # Muon routes the 2-D leaves to Newton-Schulz and the rest to AdamW.
+    ("muon", fo.muon, {"weight_decay": 0.0}),
+    ("filtered_muon", fo.muon, {"weight_decay": 0.0, "filter_gamma": 3.0}),
 ]
 
 # Learning rates for the convergence problems (parabola, Rosenbrock, matrix target):

@@ -1,0 +1,322 @@
+"""Newton–Schulz orthogonalization: coefficient sets and a batched, pure iteration.
+
+Muon replaces the momentum matrix ``U = P S Qᵀ`` (SVD) by an approximation of its
+orthogonal polar factor ``P Qᵀ``. The approximation is an odd quintic matrix polynomial
+applied a few times,
+
+        X₀ = U / (s · ‖U‖_F + eps)
+        X  ← a X + (b A + c A²) X,     A = X Xᵀ (the Gram matrix on the short side),
+
+which maps every singular value σ through p(σ) = a σ + b σ³ + c σ⁵ and leaves the singular
+vectors alone. Two coefficient sets are provided:
+
+* ``"keller"`` — Keller Jordan's fixed (3.4445, -4.7750, 2.0315), repeated. It maximises the
+    slope at zero, so small singular values grow fast, at the price of not converging to 1:
+    after five steps the singular values of well-conditioned matrices land in about
+    [0.68, 1.13].
+* ``"polar_express"`` — the per-step minimax-optimal coefficients of Amsel et al. (Polar
+    Express), normalised by ``1.02 · ‖U‖_F`` first; converges closer to 1 at the same cost.
+
+A user may also pass one ``(a, b, c)`` triple (repeated) or a sequence of triples (one per
+step). Everything here is a pure function of arrays; leading dimensions are batch dimensions,
+so same-shape matrices can be stacked and orthogonalized in one call.
+
+References:
+    Jordan, "Muon: An optimizer for hidden layers in neural networks", 2024,
+    https://kellerjordan.github.io/posts/muon/ (and github.com/KellerJordan/Muon).
+    Amsel, Persson, Musco, Gower, "The Polar Express: Optimal Matrix Sign Methods and Their
+    Application to the Muon Algorithm", arXiv:2505.16932, 2025.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Coefficients = str | Sequence[float] | Sequence[Sequence[float]]
+
+# Keller Jordan's quintic: chosen to maximise p'(0) = a while keeping p(σ) within roughly
+# [0.7, 1.2] on (0, 1] after five steps (github.com/KellerJordan/Muon).
+KELLER_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+
+# Polar Express (arXiv:2505.16932): per-step minimax quintics for five steps, with a safety
+# factor of 2e-2 built in (the table in common use, e.g. in modded-nanogpt). Each row is
+# optimal for the spectrum the previous rows leave, so the order matters.
+POLAR_EXPRESS_COEFFICIENTS: tuple[tuple[float, float, float], ...] = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+# The Polar Express table assumes singular values in (0, 1]; normalising by 1.02·‖U‖_F
+# (the same 2e-2 safety margin) keeps round-off from pushing the top one above 1.
+POLAR_EXPRESS_SAFETY = 1.02
+
+PRESETS: tuple[str, ...] = ("keller", "polar_express")
+
+# Number of steps used when a preset or a single triple is given without `ns_steps`:
+# both references run five.
+DEFAULT_NS_STEPS = 5
+
+
+def _is_traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def _as_triple(value: Any, name: str) -> tuple[float, float, float] | None:
+    """Returns ``value`` as an (a, b, c) triple of floats, None when it isn't one."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{name} must be 'keller', 'polar_express', an (a, b, c) triple or a sequence "
+            f"of triples; got {name}={value!r}."
+        ) from err
+    if arr.shape == (3,):
+        return (float(arr[0]), float(arr[1]), float(arr[2]))
+    return None
+
+
+def resolve_coefficients(
+    coefficients: Coefficients = "keller",
+    ns_steps: int | None = None,
+) -> tuple[tuple[tuple[float, float, float], ...], float]:
+    """Turns a coefficient spec into a per-step table and its normalization safety factor.
+
+    Rules: a preset name or a single ``(a, b, c)`` triple without ``ns_steps`` runs five steps;
+    a sequence of triples runs one step per triple; with ``ns_steps`` a table is cut to its
+    first ``ns_steps`` rows or padded by repeating its last row (as the Polar Express code
+    does).
+
+    Args:
+        coefficients: ``"keller"``, ``"polar_express"``, one ``(a, b, c)`` triple, or a sequence
+            of triples.
+        ns_steps: number of iterations (>= 1), or None for the default above.
+
+    Returns:
+        ``(table, safety)``: a tuple of ``ns_steps`` triples and the factor ``s`` in
+        ``X₀ = U / (s‖U‖_F + eps)`` (1.02 for Polar Express, 1 otherwise).
+
+    Raises:
+        ValueError: unknown preset, a malformed triple, or ``ns_steps < 1``.
+    """
+    if ns_steps is not None and not _is_traced(ns_steps):
+        steps = np.asarray(ns_steps)
+        if steps.shape != () or not np.issubdtype(steps.dtype, np.integer) or int(steps) < 1:
+            raise ValueError(f"ns_steps must be an integer >= 1; got ns_steps={ns_steps!r}.")
+    safety = 1.0
+    if isinstance(coefficients, str):
+        if coefficients == "keller":
+            table: tuple[tuple[float, float, float], ...] = (KELLER_COEFFICIENTS,)
+            default_steps = DEFAULT_NS_STEPS
+        elif coefficients == "polar_express":
+            table = POLAR_EXPRESS_COEFFICIENTS
+            default_steps = len(table)
+            safety = POLAR_EXPRESS_SAFETY
+        else:
+            raise ValueError(
+                f"coefficients must be one of {list(PRESETS)}, an (a, b, c) triple or a sequence "
+                f"of triples; got coefficients={coefficients!r}."
+            )
+    else:
+        triple = _as_triple(coefficients, "coefficients")
+        if triple is not None:
+            table, default_steps = (triple,), DEFAULT_NS_STEPS
+        else:
+            try:
+                rows = list(coefficients)
+            except TypeError as err:
+                raise ValueError(
+                    f"coefficients must be a preset name, an (a, b, c) triple or a sequence of "
+                    f"triples; got coefficients={coefficients!r}."
+                ) from err
+            parsed = []
+            for i, row in enumerate(rows):
+                t = _as_triple(row, "coefficients")
+                if t is None:
+                    raise ValueError(
+                        "coefficients must hold (a, b, c) triples of length 3; got "
+                        f"coefficients[{i}]={row!r} in coefficients={coefficients!r}."
+                    )
+                parsed.append(t)
+            if not parsed:
+                raise ValueError(
+                    f"coefficients must not be empty; got coefficients={coefficients!r}."
+                )
+            table, default_steps = tuple(parsed), len(parsed)
+    if ns_steps is None or _is_traced(ns_steps):
+        # A traced step count is handled by `newton_schulz` with a dynamic loop over `table`.
+        n = default_steps if ns_steps is None else len(table)
+    else:
+        n = int(ns_steps)
+    if len(table) >= n:
+        table = table[:n]
+    else:
+        table = table + (table[-1],) * (n - len(table))
+    return table, safety
+
+
+def _ns_step(x: jax.Array, a: Any, b: Any, c: Any, precision: Any) -> jax.Array:
+    """One quintic step X ← aX + (bA + cA²)X with A = X Xᵀ, batched over leading dims."""
+    mm = lambda p, q: jnp.matmul(p, q, precision=precision)  # noqa: E731
+    gram = mm(x, jnp.swapaxes(x, -1, -2))
+    poly = b * gram + c * mm(gram, gram)
+    return a * x + mm(poly, x)
+
+
+def newton_schulz(
+    x: jax.Array,
+    *,
+    coefficients: Coefficients = "keller",
+    ns_steps: int | None = None,
+    eps: float = 1e-7,
+    compute_dtype: Any = None,
+    precision: Any = None,
+) -> jax.Array:
+    r"""Approximate orthogonal polar factor of a (batch of) matrices by Newton–Schulz.
+
+    .. math::
+        X_0 = U / (s\,\|U\|_F + \epsilon),\quad
+        X_{k+1} = a_k X_k + (b_k A_k + c_k A_k^2) X_k,\quad A_k = X_k X_k^\top
+
+    The iteration runs on the short side: a tall ``(m, n)`` matrix (``m > n``) is transposed
+    first, so the Gram matrix ``A`` is ``min(m, n)²``. The Frobenius norm is taken per matrix
+    over the last two axes; all leading axes are batch axes.
+
+    Args:
+        x: array of shape ``(..., m, n)``.
+        coefficients: ``"keller"`` (default, Keller Jordan's fixed triple), ``"polar_express"``
+            (arXiv:2505.16932, with the 1.02 safety normalization), one ``(a, b, c)`` triple, or a
+            sequence of triples (one per step).
+        ns_steps: number of iterations; None = 5 for presets and triples, the table length for
+            a sequence. May be a traced integer (then a ``lax.fori_loop`` runs it).
+        eps: added to the norm so a zero matrix maps to zero.
+        compute_dtype: dtype of the iteration (None = float32; ``jnp.bfloat16`` is Keller's
+            speed setting). The result is cast back to ``x.dtype``.
+        precision: ``jax.lax.Precision`` for the matmuls (None = JAX's default for the backend).
+
+    Returns:
+        An array of ``x``'s shape and dtype whose singular values are close to 1 (see the
+        module docstring for how close) and whose singular vectors are ``x``'s.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> g = jax.random.normal(jax.random.key(0), (64, 128))
+        >>> o = newton_schulz(g, coefficients="polar_express")
+        >>> s = jnp.linalg.svd(o, compute_uv=False)
+        >>> bool((s > 0.7).all() and (s < 1.2).all())
+        True
+
+    References:
+        Jordan, "Muon: An optimizer for hidden layers in neural networks", 2024.
+        Amsel et al., "The Polar Express", arXiv:2505.16932, 2025.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"newton_schulz needs an array of rank >= 2; got x.shape={x.shape}.")
+    table, safety = resolve_coefficients(coefficients, ns_steps)
+    out_dtype = x.dtype
+    dtype = jnp.dtype(jnp.float32 if compute_dtype is None else compute_dtype)
+    transpose = x.shape[-2] > x.shape[-1]
+    y = x.astype(dtype)
+    if transpose:
+        y = jnp.swapaxes(y, -1, -2)
+    # Norm in float32 even for bf16 iterations: a bf16 sum of squares loses the scale.
+    norm = jnp.sqrt(jnp.sum(jnp.square(y.astype(jnp.float32)), axis=(-2, -1), keepdims=True))
+    y = (y.astype(jnp.float32) / (safety * norm + eps)).astype(dtype)
+    if _is_traced(ns_steps):
+        coeffs = jnp.asarray(table, dtype=dtype)
+        last = len(table) - 1
+
+        def body(i, y):
+            row = coeffs[jnp.minimum(i, last)]
+            return _ns_step(y, row[0], row[1], row[2], precision)
+
+        y = jax.lax.fori_loop(0, ns_steps, body, y)
+    else:
+        for a, b, c in table:
+            y = _ns_step(y, a, b, c, precision)
+    if transpose:
+        y = jnp.swapaxes(y, -1, -2)
+    return y.astype(out_dtype)
+
+
+def orthogonalize(
+    x: jax.Array,
+    *,
+    reduction_axes: Sequence[int],
+    output_axes: Sequence[int],
+    **ns_kwargs: Any,
+) -> jax.Array:
+    """Orthogonalizes a tensor viewed as matrices ``(fan_in, fan_out)`` over its other axes.
+
+    The axes not named in ``reduction_axes`` / ``output_axes`` are batch axes (e.g. a stack of
+    layers or experts); each batch element is orthogonalized on its own.
+
+    Args:
+        x: any array with at least one reduction and one output axis.
+        reduction_axes: axes contracted with the layer input (fan-in), e.g. ``(0,)`` for an
+            ``nnx.Linear`` kernel ``(in, out)``, ``(0, 1, 2)`` for a 2-D conv ``(kh, kw, in, out)``.
+        output_axes: axes of the layer output (fan-out), e.g. ``(1, 2)`` for an attention
+            query kernel ``(in, heads, head_dim)``.
+        **ns_kwargs: forwarded to :func:`newton_schulz`.
+
+    Returns:
+        The orthogonalized array, same shape and dtype as ``x``.
+
+    Example:
+        >>> import jax
+        >>> k = jax.random.normal(jax.random.key(0), (3, 3, 8, 16))  # conv kernel
+        >>> orthogonalize(k, reduction_axes=(0, 1, 2), output_axes=(3,)).shape
+        (3, 3, 8, 16)
+    """
+    to_matrix, from_matrix = matrix_view(x.shape, reduction_axes, output_axes)
+    return from_matrix(newton_schulz(to_matrix(x), **ns_kwargs))
+
+
+def matrix_view(
+    shape: Sequence[int],
+    reduction_axes: Sequence[int],
+    output_axes: Sequence[int],
+) -> tuple[Any, Any]:
+    """Reshape functions between a tensor and its ``(batch, fan_in, fan_out)`` matrix view.
+
+    Args:
+        shape: the tensor's shape.
+        reduction_axes, output_axes: disjoint, non-empty axis lists; the other axes are batch.
+
+    Returns:
+        ``(to_matrix, from_matrix)``: ``to_matrix(x)`` has shape ``(*batch, fan_in, fan_out)``
+        (batch axes kept in order) and ``from_matrix`` inverts it.
+    """
+    ndim = len(shape)
+    red = tuple(a % ndim for a in reduction_axes)
+    out = tuple(a % ndim for a in output_axes)
+    if not red or not out or set(red) & set(out):
+        raise ValueError(
+            "reduction_axes and output_axes must be non-empty and disjoint; got "
+            f"reduction_axes={reduction_axes}, output_axes={output_axes} for shape {tuple(shape)}."
+        )
+    batch = tuple(a for a in range(ndim) if a not in red and a not in out)
+    perm = batch + red + out
+    inv = tuple(int(i) for i in np.argsort(perm))
+    batch_shape = tuple(shape[a] for a in batch)
+    mat_shape = batch_shape + (
+        math.prod(shape[a] for a in red),
+        math.prod(shape[a] for a in out),
+    )
+    perm_shape = tuple(shape[a] for a in perm)
+
+    def to_matrix(x: jax.Array) -> jax.Array:
+        return jnp.transpose(x, perm).reshape(mat_shape)
+
+    def from_matrix(m: jax.Array) -> jax.Array:
+        return jnp.transpose(m.reshape(perm_shape), inv)
+
+    return to_matrix, from_matrix
