@@ -74,8 +74,10 @@ def _prior(g, m, v, count, b1, b2, warmup) -> _Prior:
     compute = jnp.promote_types(g.dtype, jnp.float32)
     g32 = g.astype(compute)
     c = jnp.maximum(jnp.asarray(count), 1)
-    m_hat = m.astype(compute) / (1 - jnp.asarray(b1, compute) ** c)
-    v_hat = v.astype(compute) / (1 - jnp.asarray(b2, compute) ** c)
+    # Multiply by scalar reciprocals: a per-element divide would keep XLA from fusing the
+    # whole filter into one loop.
+    m_hat = m.astype(compute) * (1 / (1 - jnp.asarray(b1, compute) ** c))
+    v_hat = v.astype(compute) * (1 / (1 - jnp.asarray(b2, compute) ** c))
     passthrough = (
         (jnp.asarray(count) < warmup)
         | (jnp.asarray(count) == 0)
@@ -244,11 +246,17 @@ def soft_clip_filter_math(g, m, v, count, *, b1, b2, gamma=10.0, warmup=20) -> F
     prior = _prior(g, m, v, count, b1, b2, warmup)
     radius = gamma * prior.scale
     x = prior.innovation / radius
+    # An infinite innovation with a finite radius saturates at m_hat +- radius (the limit
+    # of r * tanh(d / r)); computing d * tanh(x) / x there would give inf * 0 = NaN.
+    saturated = jnp.isinf(x)
     # r * tanh(d / r) -> d as r -> inf; written through x so that gamma = inf (x = 0)
     # gives the identity instead of inf * 0.
-    safe_x = jnp.where(x == 0, 1.0, x)
+    safe_x = jnp.where((x == 0) | saturated, 1.0, x)
     shrink = jnp.where(x == 0, 1.0, jnp.tanh(safe_x) / safe_x)
-    filtered = prior.m_hat + prior.innovation * shrink
+    d = jnp.where(saturated, 0.0, prior.innovation)
+    filtered = jnp.where(
+        saturated, _clip_to(prior, saturated, gamma, prior.scale), prior.m_hat + d * shrink
+    )
     return _finish(g, prior, filtered, jnp.abs(prior.innovation) > radius)
 
 
@@ -260,9 +268,18 @@ def _tree_stats(results, total_size: int) -> FilterStats:
 
 
 def _filter_stage(
-    name: str, math_fn: Callable[..., FilterResult], *, stats: bool
+    name: str, math_fn: Callable[..., FilterResult], *, warmup: Any, stats: bool
 ) -> optax.GradientTransformationExtraArgs:
-    """Maps ``math_fn(g, m, v, count, b1=, b2=)`` over the tree, reading prev_moments."""
+    """Maps ``math_fn(g, m, v, count, b1=, b2=)`` over the tree, reading prev_moments.
+
+    The whole tree is filtered inside one ``lax.cond`` on ``0 < count`` and
+    ``count >= warmup``; otherwise the gradients pass unchanged, as the gate in the math
+    also guarantees. Besides skipping the work during warmup, the conditional makes XLA
+    materialize the filtered gradient once. Fused into both moment updates instead, the
+    filter would read the old ``mu`` in the ``nu`` update and vice versa, and with donated
+    state XLA then copies both buffers every step (measured 3.5x Adam's step time at 1e7
+    parameters on CPU, against 2.4x with the conditional).
+    """
 
     def init_fn(params):
         del params
@@ -284,20 +301,39 @@ def _filter_stage(
                 f"{name} reads both moments (mu and nu); pair it with fo.ema or fo.belief."
             )
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+        for path, g in jax.tree_util.tree_flatten_with_path(updates)[0]:
+            if jnp.issubdtype(g.dtype, jnp.complexfloating):
+                # Spike thresholds and gains compare magnitudes; SPEC A defines them for
+                # real gradients only. (Unfiltered Adam-family optimizers accept complex.)
+                raise TypeError(
+                    f"{name} filters real gradients only; gradient leaf "
+                    f"{jax.tree_util.keystr(path)} has dtype {g.dtype}. Split complex "
+                    "parameters into real and imaginary parts, or use an unfiltered optimizer."
+                )
         mus = treedef.flatten_up_to(prev_moments.mu)
         nus = treedef.flatten_up_to(prev_moments.nu)
-        results = [
-            None
-            if g is None
-            else math_fn(g, m, v, prev_moments.count, b1=prev_moments.b1, b2=prev_moments.b2)
-            for g, m, v in zip(leaves, mus, nus)
-        ]
-        filtered = treedef.unflatten([None if r is None else r.filtered for r in results])
-        if not stats:
-            return filtered, state
-        present = [r for r in results if r is not None]
-        total = sum(math.prod(r.filtered.shape) for r in present)
-        return filtered, _tree_stats(present, total)
+        count = prev_moments.count
+
+        def apply_filter():
+            results = [
+                None
+                if g is None
+                else math_fn(g, m, v, count, b1=prev_moments.b1, b2=prev_moments.b2)
+                for g, m, v in zip(leaves, mus, nus)
+            ]
+            filtered = treedef.unflatten([None if r is None else r.filtered for r in results])
+            if not stats:
+                return filtered, state
+            present = [r for r in results if r is not None]
+            return filtered, _tree_stats(present, sum(math.prod(r.filtered.shape) for r in present))
+
+        def pass_through():
+            if not stats:
+                return updates, state
+            return updates, FilterStats(jnp.zeros([], jnp.float32), jnp.ones([], jnp.float32))
+
+        active = (jnp.asarray(count) > 0) & (jnp.asarray(count) >= warmup)
+        return jax.lax.cond(active, apply_filter, pass_through)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -322,7 +358,7 @@ def identity_filter() -> optax.GradientTransformationExtraArgs:
 
 def _check_warmup(warmup: Any) -> None:
     x = _validation.concrete_float(warmup)
-    if x is not None and (x < 0 or x != int(x)):
+    if x is not None and (not math.isfinite(x) or x < 0 or x != int(x)):
         raise ValueError(f"warmup must be an integer >= 0; got warmup={warmup!r}.")
 
 
@@ -373,7 +409,7 @@ def kalman_filter(
             g, m, v, count, b1=b1, b2=b2, eta=eta, gamma=gamma, warmup=warmup, kappa=kappa
         )
 
-    return _filter_stage("fo.kalman_filter", math_fn, stats=stats)
+    return _filter_stage("fo.kalman_filter", math_fn, warmup=warmup, stats=stats)
 
 
 def spam_filter(
@@ -405,7 +441,7 @@ def spam_filter(
     def math_fn(g, m, v, count, *, b1, b2):
         return spam_filter_math(g, m, v, count, b1=b1, b2=b2, threshold=threshold, warmup=warmup)
 
-    return _filter_stage("fo.spam_filter", math_fn, stats=stats)
+    return _filter_stage("fo.spam_filter", math_fn, warmup=warmup, stats=stats)
 
 
 def zscore_filter(
@@ -438,7 +474,7 @@ def zscore_filter(
             g, m, v, count, b1=b1, b2=b2, gamma=gamma, warmup=warmup, kappa=kappa
         )
 
-    return _filter_stage("fo.zscore_filter", math_fn, stats=stats)
+    return _filter_stage("fo.zscore_filter", math_fn, warmup=warmup, stats=stats)
 
 
 def soft_clip_filter(
@@ -467,7 +503,7 @@ def soft_clip_filter(
     def math_fn(g, m, v, count, *, b1, b2):
         return soft_clip_filter_math(g, m, v, count, b1=b1, b2=b2, gamma=gamma, warmup=warmup)
 
-    return _filter_stage("fo.soft_clip_filter", math_fn, stats=stats)
+    return _filter_stage("fo.soft_clip_filter", math_fn, warmup=warmup, stats=stats)
 
 
 def filter_stats(state: optax.OptState) -> dict[str, jax.Array] | None:

@@ -216,6 +216,46 @@ def _check_stage(name: str, stage: Any) -> None:
         )
 
 
+def _leaf_name(path) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+def _check_float_leaves(tree: Any, what: str) -> None:
+    """Rejects integer, boolean and other non-inexact leaves (only dtypes are read).
+
+    The moment buffers would be created as integers and ``nu`` cast back to an integer
+    every step, silently truncating it to zero.
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"fo.with_moments optimizes floating (or complex) arrays only; {what} leaf "
+                f"{_leaf_name(path)} has dtype {dtype}. Exclude it with optax.masked or "
+                "optax.partition (e.g. optax.set_to_zero()), or cast it to a float dtype."
+            )
+
+
+def _check_like_state(updates: Any, reference: Any) -> None:
+    """The gradient tree must have the structure and leaf shapes of the state's buffers."""
+    if reference is None:
+        return
+    got, want = jax.tree.structure(updates), jax.tree.structure(reference)
+    if got != want:
+        raise ValueError(
+            "the gradient pytree does not match the optimizer state (built by init from "
+            f"the parameters): gradient structure {got} vs state structure {want}."
+        )
+    for (path, g), r in zip(
+        jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(reference)
+    ):
+        if jnp.shape(g) != jnp.shape(r):
+            raise ValueError(
+                f"gradient leaf {_leaf_name(path)} has shape {jnp.shape(g)} but the optimizer "
+                f"state was initialized for shape {jnp.shape(r)}."
+            )
+
+
 def with_moments(
     *,
     filter: optax.GradientTransformation | None = None,  # noqa: A002 - the stage's name
@@ -267,9 +307,10 @@ def with_moments(
             "moments must be a fo.MomentRule such as fo.ema(b1, b2) or fo.belief(b1, b2); "
             f"got {type(moments).__name__}."
         )
-    mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+    mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
 
     def init_fn(params):
+        _check_float_leaves(params, "parameter")
         mu, nu = moments.init(params)
         return WithMomentsState(
             count=jnp.zeros([], jnp.int32),
@@ -286,6 +327,8 @@ def with_moments(
                     f"with_moments supplies the {reserved}= argument to its stages itself; "
                     "do not pass it to update()."
                 )
+        _check_float_leaves(updates, "gradient")
+        _check_like_state(updates, state.nu if state.mu is None else state.mu)
         prev = Moments(state.count, state.mu, state.nu, moments.b1, moments.b2)
         filtered, filter_state = _call_stage(
             filter, updates, state.filter_state, params, dict(extra_args, prev_moments=prev)

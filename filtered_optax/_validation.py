@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -66,14 +67,37 @@ def check_non_negative(name: str, value: Any) -> None:
   check_range(name, value, low=0.0)
 
 
-def check_learning_rate(value: Any) -> None:
+def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
   """A constant learning rate must be finite and >= 0; schedules are not checked."""
   x = concrete_float(value)
   if x is not None and not (math.isfinite(x) and x >= 0.0):
     raise ValueError(
-        "learning_rate must be a finite number >= 0 or a schedule (a callable of the "
-        f"step count); got learning_rate={value!r}."
+        f"{name} must be a finite number >= 0 or a schedule (a callable of the "
+        f"step count); got {name}={value!r}."
     )
+
+
+def check_float_dtype(name: str, value: Any) -> Any:
+  """Returns the canonical floating dtype ``value`` names (None stays None).
+
+  Raises ``ValueError`` for anything that is not a floating dtype: an integer storage
+  dtype would silently truncate the moment it stores.
+  """
+  if value is None:
+    return None
+  try:
+    dtype = jax.dtypes.canonicalize_dtype(value)
+  except TypeError as err:
+    raise ValueError(
+        f"{name} must be a floating dtype such as jnp.float32 or jnp.bfloat16, or None; "
+        f"got {name}={value!r}."
+    ) from err
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f"{name} must be a floating dtype such as jnp.float32 or jnp.bfloat16, or None; "
+        f"got {name}={value!r}."
+    )
+  return dtype
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
