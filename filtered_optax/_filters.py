@@ -356,12 +356,6 @@ def identity_filter() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
-def _check_warmup(warmup: Any) -> None:
-    x = _validation.concrete_float(warmup)
-    if x is not None and (not math.isfinite(x) or x < 0 or x != int(x)):
-        raise ValueError(f"warmup must be an integer >= 0; got warmup={warmup!r}.")
-
-
 def kalman_filter(
     eta: float = 1.0,
     gamma: float = 10.0,
@@ -399,7 +393,7 @@ def kalman_filter(
     """
     _validation.check_range("eta", eta, low=0.0, high=1.0)
     _validation.check_range("gamma", gamma, low=0.0, low_open=True)
-    _check_warmup(warmup)
+    _validation.check_non_negative_int("warmup", warmup)
     _validation.check_non_negative("kappa", kappa)
     if _is_concrete(eta, 1.0) and _is_concrete(gamma, math.inf) and not stats:
         return identity_filter()
@@ -436,7 +430,7 @@ def spam_filter(
       Huang et al., "SPAM: Spike-Aware Adam with Momentum Reset", arXiv:2501.06842.
     """
     _validation.check_range("threshold", threshold, low=0.0, low_open=True)
-    _check_warmup(warmup)
+    _validation.check_non_negative_int("warmup", warmup)
 
     def math_fn(g, m, v, count, *, b1, b2):
         return spam_filter_math(g, m, v, count, b1=b1, b2=b2, threshold=threshold, warmup=warmup)
@@ -466,7 +460,7 @@ def zscore_filter(
       SPEC section A (filter family for ablations).
     """
     _validation.check_range("gamma", gamma, low=0.0, low_open=True)
-    _check_warmup(warmup)
+    _validation.check_non_negative_int("warmup", warmup)
     _validation.check_non_negative("kappa", kappa)
 
     def math_fn(g, m, v, count, *, b1, b2):
@@ -498,7 +492,7 @@ def soft_clip_filter(
       SPEC section A (filter family for ablations).
     """
     _validation.check_range("gamma", gamma, low=0.0, low_open=True)
-    _check_warmup(warmup)
+    _validation.check_non_negative_int("warmup", warmup)
 
     def math_fn(g, m, v, count, *, b1, b2):
         return soft_clip_filter_math(g, m, v, count, b1=b1, b2=b2, gamma=gamma, warmup=warmup)

@@ -220,22 +220,6 @@ def _leaf_name(path) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
-def _check_float_leaves(tree: Any, what: str) -> None:
-    """Rejects integer, boolean and other non-inexact leaves (only dtypes are read).
-
-    The moment buffers would be created as integers and ``nu`` cast back to an integer
-    every step, silently truncating it to zero.
-    """
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
-            raise TypeError(
-                f"fo.with_moments optimizes floating (or complex) arrays only; {what} leaf "
-                f"{_leaf_name(path)} has dtype {dtype}. Exclude it with optax.masked or "
-                "optax.partition (e.g. optax.set_to_zero()), or cast it to a float dtype."
-            )
-
-
 def _check_like_state(updates: Any, reference: Any) -> None:
     """The gradient tree must have the structure and leaf shapes of the state's buffers."""
     if reference is None:
@@ -310,7 +294,7 @@ def with_moments(
     mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
 
     def init_fn(params):
-        _check_float_leaves(params, "parameter")
+        _validation.check_leaf_dtypes(params, "parameter", owner="fo.with_moments")
         mu, nu = moments.init(params)
         return WithMomentsState(
             count=jnp.zeros([], jnp.int32),
@@ -327,7 +311,7 @@ def with_moments(
                     f"with_moments supplies the {reserved}= argument to its stages itself; "
                     "do not pass it to update()."
                 )
-        _check_float_leaves(updates, "gradient")
+        _validation.check_leaf_dtypes(updates, "gradient", owner="fo.with_moments")
         _check_like_state(updates, state.nu if state.mu is None else state.mu)
         prev = Moments(state.count, state.mu, state.nu, moments.b1, moments.b2)
         filtered, filter_state = _call_stage(

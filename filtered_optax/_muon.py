@@ -521,7 +521,7 @@ def _check_filter(gamma: Any, eta: Any, b2: Any, warmup: Any, kappa: Any) -> Non
         _validation.check_range("filter_gamma", gamma, low=0.0, low_open=True)
     _validation.check_range("filter_eta", eta, low=0.0, high=1.0)
     _validation.check_decay("filter_b2", b2)
-    _validation.check_non_negative("filter_warmup", warmup)
+    _validation.check_non_negative_int("filter_warmup", warmup)
     _validation.check_non_negative("filter_kappa", kappa)
 
 
@@ -619,7 +619,7 @@ def scale_by_muon(
     resolve_coefficients(coefficients, ns_steps)  # validates coefficients and ns_steps
     filtered = filter_gamma is not None
     _check_filter(filter_gamma, filter_eta, filter_b2, filter_warmup, filter_kappa)
-    mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+    mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
     stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
     ns_kwargs = dict(
         coefficients=coefficients, ns_steps=ns_steps, eps=eps, compute_dtype=compute_dtype
@@ -641,6 +641,10 @@ def scale_by_muon(
         return spec
 
     def init_fn(params: Any) -> MuonState:
+        # Newton-Schulz is defined for real matrices: integer, boolean and complex leaves
+        # are rejected here rather than silently cast.
+        _validation.check_leaf_dtypes(
+            params, "parameter", owner="fo.scale_by_muon", allow_complex=False)
         mu = otu.zeros_like(params, dtype=mu_dtype)
         nu = otu.zeros_like(params, dtype=jnp.float32) if filtered else None
         return MuonState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
@@ -649,6 +653,8 @@ def scale_by_muon(
         updates: Any, state: MuonState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, MuonState]:
         del params, extra_args
+        _validation.check_leaf_dtypes(
+            updates, "gradient", owner="fo.scale_by_muon", allow_complex=False)
         count = state.count
         g32 = jax.tree.map(lambda g: g.astype(jnp.float32), updates)
         nu = None
@@ -818,7 +824,7 @@ def muon(
 
     _validation.check_learning_rate(learning_rate)
     if adam_learning_rate is not None:
-        _validation.check_learning_rate(adam_learning_rate)
+        _validation.check_learning_rate(adam_learning_rate, "adam_learning_rate")
     _validation.check_non_negative("weight_decay", weight_decay)
     _validation.check_decay("adam_b1", adam_b1)
     _validation.check_decay("adam_b2", adam_b2)

@@ -77,6 +77,13 @@ def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
     )
 
 
+def check_non_negative_int(name: str, value: Any) -> None:
+  """Raises ``ValueError`` unless a concrete ``value`` is a finite integer >= 0."""
+  x = concrete_float(value)
+  if x is not None and (not math.isfinite(x) or x < 0 or x != int(x)):
+    raise ValueError(f"{name} must be an integer >= 0; got {name}={value!r}.")
+
+
 def check_float_dtype(name: str, value: Any) -> Any:
   """Returns the canonical floating dtype ``value`` names (None stays None).
 
@@ -104,3 +111,22 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
   """Raises ``ValueError`` when a string option is not one of ``allowed``."""
   if value not in allowed:
     raise ValueError(f"{name} must be one of {list(allowed)}; got {name}={value!r}.")
+
+
+def check_leaf_dtypes(tree: Any, what: str, *, owner: str, allow_complex: bool = True) -> None:
+  """Rejects integer and boolean leaves (and complex ones unless allowed), naming the leaf.
+
+  Only dtypes are read, so this works on abstract values. Moment buffers made for an
+  integer leaf would be integers, and ``nu`` cast back every step would truncate to zero.
+  """
+  allowed = jnp.inexact if allow_complex else jnp.floating
+  kinds = "floating (or complex) arrays" if allow_complex else "real floating arrays"
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and not jnp.issubdtype(dtype, allowed):
+      name = jax.tree_util.keystr(path) or "<root>"
+      raise TypeError(
+          f"{owner} optimizes {kinds} only; {what} leaf {name} has dtype {dtype}. "
+          "Exclude it with optax.masked or optax.partition (e.g. optax.set_to_zero()), "
+          "or cast it to a float dtype."
+      )
