@@ -49,6 +49,7 @@ def filtered_adam(
     kappa: float = 1e-2,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam with the robust Kalman gradient filter in front of its moments.
@@ -73,6 +74,7 @@ def filtered_adam(
       warmup: steps (integer >= 0) during which the filter is the identity.
       kappa: noise-variance floor relative to the second moment, >= 0.
       mu_dtype: storage dtype of the first moment (e.g. ``jnp.bfloat16``).
+      nu_dtype: storage dtype of the second moment; arithmetic stays float32.
       stats: keep the filter's spike fraction and mean gain (two scalars) in the state;
         read them with :func:`filtered_optax.filter_stats`.
 
@@ -97,6 +99,7 @@ def filtered_adam(
             moments=ema(b1, b2),
             scale=normalize(eps),
             mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
         ),
         learning_rate,
     )
@@ -115,6 +118,7 @@ def filtered_adamw(
     mu_dtype: Any = None,
     mask: MaskOrFn = None,
     *,
+    nu_dtype: Any = None,
     stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r""":func:`filtered_adam` with decoupled weight decay.
@@ -123,7 +127,7 @@ def filtered_adamw(
 
     Args:
       learning_rate: a constant >= 0 or a schedule.
-      b1, b2, eps, eta, gamma, warmup, kappa, mu_dtype, stats: as in
+      b1, b2, eps, eta, gamma, warmup, kappa, mu_dtype, nu_dtype, stats: as in
         :func:`filtered_adam`.
       weight_decay: :math:`\lambda \ge 0` (optax.adamw's default 1e-4).
       mask: which parameters decay, as in ``optax.adamw``.
@@ -145,6 +149,7 @@ def filtered_adamw(
             moments=ema(b1, b2),
             scale=normalize(eps),
             mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
         ),
         learning_rate,
         weight_decay,
@@ -161,6 +166,7 @@ def adam(
     mu_dtype: Any = None,
     *,
     nesterov: bool = False,
+    nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam from the stages: identity filter, :func:`ema`, :func:`normalize`.
 
@@ -175,6 +181,7 @@ def adam(
       eps, eps_root: stabilizers outside / inside the square root, >= 0.
       mu_dtype: storage dtype of the first moment.
       nesterov: NAdam's look-ahead.
+      nu_dtype: storage dtype of the second moment (optax has no such option).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -188,7 +195,7 @@ def adam(
     """
     return _finish(
         with_moments(moments=ema(b1, b2), scale=normalize(eps, eps_root, nesterov=nesterov),
-                     mu_dtype=mu_dtype),
+                     mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         learning_rate,
     )
 
@@ -204,6 +211,7 @@ def adamw(
     mask: MaskOrFn = None,
     *,
     nesterov: bool = False,
+    nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW from the stages: :func:`adam` plus decoupled weight decay.
 
@@ -213,7 +221,7 @@ def adamw(
 
     Args:
       learning_rate: a constant >= 0 or a schedule.
-      b1, b2, eps, eps_root, mu_dtype, nesterov: as in :func:`adam`.
+      b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype: as in :func:`adam`.
       weight_decay: :math:`\lambda \ge 0`.
       mask: which parameters decay, as in ``optax.adamw``.
 
@@ -229,7 +237,7 @@ def adamw(
     """
     return _finish(
         with_moments(moments=ema(b1, b2), scale=normalize(eps, eps_root, nesterov=nesterov),
-                     mu_dtype=mu_dtype),
+                     mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         learning_rate,
         weight_decay,
         mask,

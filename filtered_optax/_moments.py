@@ -246,6 +246,7 @@ def with_moments(
     moments: MomentRule | None = None,
     scale: optax.GradientTransformation | None = None,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Owns the moment buffers and runs filter -> moment rule -> scale.
 
@@ -262,8 +263,11 @@ def with_moments(
       filter: a filter stage (default: identity, i.e. no filtering).
       moments: the moment rule (default: :func:`ema` with b1=0.9, b2=0.999).
       scale: a scale stage (default: :func:`normalize` with eps=1e-8).
-      mu_dtype: storage dtype of ``mu`` (e.g. ``jnp.bfloat16``); arithmetic is done in
-        the gradient's dtype and ``mu`` is cast back at the end of each update.
+      mu_dtype: storage dtype of ``mu`` (e.g. ``jnp.bfloat16``), None = the parameters'.
+      nu_dtype: storage dtype of ``nu`` likewise. Storage only: the moment rule computes in
+        the wider of the gradient's and the buffer's dtype (float32 for float32 gradients),
+        the filter always in float32, and the buffers are cast back at the end of the step.
+        bfloat16 storage of both moments halves the state's bytes.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -292,6 +296,7 @@ def with_moments(
             f"got {type(moments).__name__}."
         )
     mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
+    nu_dtype = _validation.check_float_dtype("nu_dtype", nu_dtype)
 
     def init_fn(params):
         _validation.check_leaf_dtypes(params, "parameter", owner="fo.with_moments")
@@ -299,7 +304,7 @@ def with_moments(
         return WithMomentsState(
             count=jnp.zeros([], jnp.int32),
             mu=otu.cast(mu, mu_dtype),
-            nu=nu,
+            nu=otu.cast(nu, nu_dtype),
             filter_state=filter.init(params),
             scale_state=scale.init(params),
         )
