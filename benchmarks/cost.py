@@ -1,0 +1,214 @@
+"""Cost benchmark: optimizer-step time, state bytes and achieved memory bandwidth of
+``filtered_adam`` and ``fo.muon`` against ``optax.adam`` and ``optax.contrib.muon``, plus the
+train-step overhead on the character LM.
+
+Method: every step function is jitted with ``donate_argnums`` for parameters and optimizer
+state and returns fresh buffers for both (the gradient is the only non-donated input and is never
+returned). Optimizers are timed *interleaved* (one step of each in turn, repeated), after a
+warm-up step, and summarised by median and [min, max]. A memory-bound reference op with Adam's
+data flow — read p, g, m, v; write p, m, v — gives the machine's attainable GB/s in the same run,
+so "achieved GB/s" and all ratios compare numbers measured side by side.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import records
+from benchmarks import specs as specs_lib
+
+COST_SPECS = ("adam", "filtered_adam", "muon", "optax_muon")
+# Nominal bytes moved per parameter per step (float32): Adam family reads p, g, m, v and writes
+# p, m, v (7 arrays); Muon keeps one momentum buffer: reads p, g, m, writes p, m (5 arrays).
+BYTES_PER_PARAM = {"adam": 28, "filtered_adam": 28, "muon": 20, "optax_muon": 20, "ref_op": 28}
+
+
+def make_params(n: int) -> dict[str, Any]:
+    """A dict of hidden-layer-like matrices with about ``n`` float32 parameters in total."""
+    if n >= 1_000_000:
+        shapes = [(250, 4000)] * (n // 1_000_000)  # 1e6 parameters per matrix
+    else:
+        r = max(2, int(math.isqrt(n)))
+        shapes = [(r, r)]
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    return {"blocks": {str(i): {"fc": {"kernel": 0.02 * jax.random.normal(k, s)}}
+                       for i, (k, s) in enumerate(zip(keys, shapes, strict=True))}}
+
+
+def tree_bytes(tree: Any) -> int:
+    """Total bytes of the array leaves of ``tree``."""
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "size")))
+
+
+def _opt_step(opt: optax.GradientTransformation) -> Callable:
+    """Jitted (params, state, grads) → (params', state') with params and state donated."""
+
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _ref_op_leaf(p, m, v, g):
+    """Fused memory-bound op with Adam's data flow (4 reads, 3 writes per element)."""
+    m2 = 0.9 * m + 0.1 * g
+    v2 = 0.999 * v + 0.001 * g
+    return p - 1e-3 * (m2 + v2), m2, v2
+
+
+def _ref_op_tree(p, m, v, g):
+    """The reference op over whole trees, as ONE jitted call (like an optimizer step)."""
+    out = jax.tree.map(_ref_op_leaf, p, m, v, g)
+    pick = [jax.tree.map(lambda t, i=i: t[i], out, is_leaf=lambda x: isinstance(x, tuple))
+            for i in range(3)]
+    return tuple(pick)
+
+
+_ref_tree = jax.jit(_ref_op_tree, donate_argnums=(0, 1, 2))
+
+
+def _time(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    return {"median_s": float(np.median(times)), "min_s": float(np.min(times)),
+            "max_s": float(np.max(times))}
+
+
+def bench_opt_steps(n: int, reps: int, spec_texts: tuple[str, ...] = COST_SPECS,
+                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Interleaved optimizer-step timings at about ``n`` parameters (see module docstring)."""
+    params0 = make_params(n)
+    n_real = int(sum(x.size for x in jax.tree.leaves(params0)))
+    grads = jax.tree.map(lambda x: 1e-3 * jnp.ones_like(x), params0)
+    runners: dict[str, dict[str, Any]] = {}
+    for text in spec_texts:
+        spec = specs_lib.parse_spec(text)
+        why = specs_lib.check_available(spec)
+        if why:
+            log(f"SKIP cost {text}: {why}")
+            continue
+        opt = specs_lib.build(spec, 1e-3, stats=False)
+        params = jax.tree.map(jnp.copy, params0)
+        runners[text] = {"step": _opt_step(opt), "params": params, "state": opt.init(params),
+                         "times": []}
+    p, m, v = (jax.tree.map(jnp.copy, params0) for _ in range(3))
+    ref = {"p": p, "m": m, "v": v, "times": []}
+    del params0
+
+    def run_ref():
+        ref["p"], ref["m"], ref["v"] = _ref_tree(ref["p"], ref["m"], ref["v"], grads)
+        return ref["p"]
+
+    for rep in range(reps + 1):  # rep 0 = compile + warm-up, not recorded
+        for r in runners.values():
+            def one(r=r):
+                r["params"], r["state"] = r["step"](r["params"], r["state"], grads)
+                return r["params"]
+            dt = _time(one)
+            if rep:
+                r["times"].append(dt)
+        dt = _time(run_ref)
+        if rep:
+            ref["times"].append(dt)
+    out = []
+    for text, r in [*runners.items(), ("ref_op", ref)]:
+        s = _summary(r["times"])
+        b = BYTES_PER_PARAM.get(text.split("(")[0], 28) * n_real
+        out.append({"what": "opt_step", "spec": text, "n_params": n_real, "reps": reps,
+                    "times_s": r["times"], **s,
+                    "state_bytes": None if text == "ref_op" else tree_bytes(r["state"]),
+                    "param_bytes": 4 * n_real, "nominal_bytes": b, "gbps": b / s["median_s"] / 1e9})
+    return out
+
+
+def bench_train_step(lm_kwargs: dict[str, Any], reps: int,
+                     spec_texts: tuple[str, ...] = COST_SPECS,
+                     log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Interleaved full train-step (forward, backward, update) timings on the char LM."""
+    from flax import nnx
+
+    from benchmarks.models import CharLM
+    from benchmarks.tasks import nnx_functional
+
+    vocab, ctx, bs = 65, lm_kwargs["context"], lm_kwargs["batch_size"]
+    init, apply = nnx_functional(lambda r: CharLM(vocab, lm_kwargs["d"], lm_kwargs["layers"],
+                                                  lm_kwargs["heads"], ctx, r))
+    tokens = jax.random.randint(jax.random.key(1), (bs, ctx + 1), 0, vocab)
+    n_params = int(sum(x.size for x in jax.tree.leaves(init(jax.random.key(0)))))
+    del nnx
+
+    def loss(params, tok):
+        logits = apply(params, tok[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tok[:, 1:]).mean()
+
+    runners = {}
+    for text in spec_texts:
+        spec = specs_lib.parse_spec(text)
+        why = specs_lib.check_available(spec)
+        if why:
+            log(f"SKIP train-step cost {text}: {why}")
+            continue
+        opt = specs_lib.build(spec, 1e-3, stats=False)
+
+        def step(params, state, tok, opt=opt):
+            grads = jax.grad(loss)(params, tok)
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        params = init(jax.random.key(0))
+        runners[text] = {"step": jax.jit(step, donate_argnums=(0, 1)), "params": params,
+                         "state": opt.init(params), "times": []}
+    for rep in range(reps + 1):
+        for r in runners.values():
+            def one(r=r):
+                r["params"], r["state"] = r["step"](r["params"], r["state"], tokens)
+                return r["params"]
+            dt = _time(one)
+            if rep:
+                r["times"].append(dt)
+    return [{"what": "train_step", "spec": t, "n_params": n_params, "reps": reps,
+             "times_s": r["times"], **_summary(r["times"]), "state_bytes": tree_bytes(r["state"]),
+             "lm": dict(lm_kwargs)} for t, r in runners.items()]
+
+
+def run_cost(suite: Any, jsonl: Path, done: dict[str, Any], env: dict[str, Any],
+             write: Callable[[list[dict[str, Any]]], None],
+             log: Callable[[str], None] | None = None) -> None:
+    """Run the suite's cost benchmarks, skipping sizes already in ``done``."""
+    from tqdm.auto import tqdm
+
+    log = log or tqdm.write
+    items: list[tuple[str, Any]] = [("opt_step", n) for n in suite.cost_sizes]
+    if suite.cost_lm:
+        items.append(("train_step", suite.cost_lm))
+    with tqdm(total=len(items), desc="cost", unit="size", dynamic_ncols=True) as bar:
+        for what, arg in items:
+            tag = arg if what == "opt_step" else records.config_hash(arg)
+            key_base = records.make_key("cost", suite.name, what, tag, suite.cost_reps)
+            if any(k.startswith(key_base + "|") for k in done):
+                bar.update(1)
+                continue
+            bar.set_postfix_str(f"{what} {tag}")
+            run_id = time.strftime("%Y%m%dT%H%M%S")
+            if what == "opt_step":
+                rows = bench_opt_steps(arg, suite.cost_reps, log=log)
+            else:
+                rows = bench_train_step(arg, suite.cost_reps, log=log)
+            write([{"schema": records.SCHEMA, "kind": "cost", "suite": suite.name,
+                    "key": f"{key_base}|{row['spec']}", "run_id": run_id, "env": env, **row}
+                   for row in rows])
+            bar.update(1)

@@ -1,0 +1,374 @@
+"""Optimizer specs: short strings that build optax chains, so an ablation is a grid, not code.
+
+Grammar (a Python expression, parsed with :mod:`ast`, never evaluated)::
+
+    spec     := base ("+" modifier)*
+    base     := NAME | NAME "(" args ")"          e.g. adam, filtered_adam(gamma=inf, eta=0.5)
+    modifier := NAME | NAME "(" args ")"          e.g. clip(1.0)  (applied to the gradient first)
+    args     := literal numbers / strings / True / False / None / inf, positional or keyword
+
+Examples: ``"adam"``, ``"adam(b1=0.8)"``, ``"adam+clip(1.0)"``, ``"filtered_adam(gamma=inf)"``,
+``"staged(filter='spam', threshold=5000)"``. Specs needing :mod:`filtered_optax` raise
+:class:`SpecUnavailable` at build time (not at parse time) when the library lacks the piece.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optax
+
+INF = float("inf")
+
+
+class SpecUnavailable(RuntimeError):
+    """The spec parsed fine but the optimizer it names cannot be built in this environment."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registry entry: a base optimizer or a gradient modifier.
+
+    ``params`` maps keyword names to defaults (positional arguments bind in this order);
+    ``None`` means "validated against the target callable's signature at build time".
+    """
+
+    kind: str  # "base" | "modifier"
+    build: Callable[..., optax.GradientTransformation]
+    params: dict[str, Any] | None
+    family: str = "adam"  # learning-rate family, used to centre the LR window
+    needs_fo: bool = False
+    uses_filter: bool = False
+    doc: str = ""
+
+
+def _fo() -> Any:
+    """Import :mod:`filtered_optax` or raise :class:`SpecUnavailable`."""
+    try:
+        import filtered_optax as fo
+    except Exception as e:  # noqa: BLE001 - any import failure means "not available yet"
+        raise SpecUnavailable(f"filtered_optax cannot be imported ({e!r})") from e
+    return fo
+
+
+def _fo_attr(name: str) -> Any:
+    """``filtered_optax.<name>`` or :class:`SpecUnavailable` naming what is missing."""
+    fo = _fo()
+    if not hasattr(fo, name):
+        raise SpecUnavailable(f"filtered_optax.{name} is not available yet")
+    return getattr(fo, name)
+
+
+def _checked_call(fn: Callable[..., Any], name: str, *args: Any, **kw: Any) -> Any:
+    """Call ``fn`` after checking ``kw`` against its signature (clear error if unknown)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return fn(*args, **kw)
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    unknown = [k for k in kw if k not in sig.parameters]
+    if unknown and not accepts_any:
+        valid = sorted(k for k in sig.parameters if k != "learning_rate")
+        raise ValueError(f"{name}: unknown argument(s) {unknown}; valid: {valid}")
+    return fn(*args, **kw)
+
+
+# Whether filtered specs are built with ``stats=True`` (per-step spike fraction / gain are then
+# logged). The cost benchmark switches it off so state bytes are exactly the optimizer's own.
+_STATS = {"on": True}
+
+
+def _filtered(name: str) -> Callable[..., optax.GradientTransformation]:
+    def build(lr: Any, **kw: Any) -> optax.GradientTransformation:
+        fn = _fo_attr(name)
+        if not _STATS["on"]:
+            return fn(lr, **kw)
+        try:
+            return fn(lr, stats=True, **kw)
+        except TypeError as e:
+            if "stats" not in str(e):
+                raise
+            return fn(lr, **kw)
+
+    return build
+
+
+def _fo_plain(name: str) -> Callable[..., optax.GradientTransformation]:
+    def build(lr: Any, **kw: Any) -> optax.GradientTransformation:
+        return _checked_call(_fo_attr(name), f"fo.{name}", lr, **kw)
+
+    return build
+
+
+def _staged(
+    lr: Any,
+    filter: str = "kalman",  # noqa: A002 - mirrors fo.with_moments(filter=...)
+    moments: str = "ema",
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    **filter_kw: Any,
+) -> optax.GradientTransformation:
+    """``fo.with_moments(filter=fo.<filter>_filter(**kw), moments=fo.<moments>(b1, b2),
+    scale=fo.normalize(eps))`` followed by ``optax.scale_by_learning_rate(lr)``."""
+    fo = _fo()
+    filters = {
+        "kalman": "kalman_filter", "spam": "spam_filter", "zscore": "zscore_filter",
+        "soft_clip": "soft_clip_filter", "identity": "identity_filter",
+    }
+    if filter not in filters:
+        raise ValueError(f"staged: unknown filter {filter!r}; valid: {sorted(filters)}")
+    if moments not in ("ema", "belief"):
+        raise ValueError(f"staged: unknown moments {moments!r}; valid: ['belief', 'ema']")
+    for needed in ("with_moments", "normalize", moments, filters[filter]):
+        _fo_attr(needed)
+    filt_fn = getattr(fo, filters[filter])
+    if _STATS["on"] and "stats" in inspect.signature(filt_fn).parameters:
+        filter_kw = {"stats": True, **filter_kw}
+    filt = _checked_call(filt_fn, f"fo.{filters[filter]}", **filter_kw)
+    stage = fo.with_moments(
+        filter=filt, moments=getattr(fo, moments)(b1, b2), scale=fo.normalize(eps)
+    )
+    return optax.chain(stage, optax.scale_by_learning_rate(lr))
+
+
+def _adopt(lr: Any, **kw: Any) -> optax.GradientTransformation:
+    fn = getattr(optax, "adopt", None) or getattr(optax.contrib, "adopt", None)
+    if fn is None:
+        raise SpecUnavailable("neither optax.adopt nor optax.contrib.adopt exists")
+    return fn(lr, **kw)
+
+
+_ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
+_FILTER = {"eta": 1.0, "gamma": 10.0, "warmup": 20, "kappa": 1e-2}
+
+REGISTRY: dict[str, Entry] = {
+    "sgd": Entry("base", lambda lr, **k: optax.sgd(lr, **k),
+                 {"momentum": 0.9, "nesterov": False}, family="sgd",
+                 doc="optax.sgd (heavy-ball momentum 0.9 by default)"),
+    "adam": Entry("base", lambda lr, **k: optax.adam(lr, **k), dict(_ADAM), doc="optax.adam"),
+    "adamw": Entry("base", lambda lr, **k: optax.adamw(lr, **k),
+                   {**_ADAM, "weight_decay": 1e-4}, doc="optax.adamw"),
+    "rmsprop": Entry("base", lambda lr, **k: optax.rmsprop(lr, **k),
+                     {"decay": 0.9, "eps": 1e-8, "momentum": None}, family="rmsprop",
+                     doc="optax.rmsprop"),
+    "adabelief": Entry("base", lambda lr, **k: optax.adabelief(lr, **k),
+                       {"b1": 0.9, "b2": 0.999, "eps": 1e-16, "eps_root": 1e-16},
+                       doc="optax.adabelief"),
+    "adopt": Entry("base", _adopt, {"b1": 0.9, "b2": 0.9999, "eps": 1e-6},
+                   doc="optax.contrib.adopt"),
+    "optax_muon": Entry("base", lambda lr, **k: optax.contrib.muon(lr, **k),
+                        {"beta": 0.95, "weight_decay": 0.0, "ns_steps": 5}, family="muon",
+                        doc="optax.contrib.muon (its default routing: every 2-D leaf)"),
+    "filtered_adam": Entry("base", _filtered("filtered_adam"), {**_ADAM, **_FILTER},
+                           needs_fo=True, uses_filter=True, doc="fo.filtered_adam"),
+    "filtered_adamw": Entry("base", _filtered("filtered_adamw"),
+                            {**_ADAM, **_FILTER, "weight_decay": 1e-4},
+                            needs_fo=True, uses_filter=True, doc="fo.filtered_adamw"),
+    "muon": Entry("base", _fo_plain("muon"), None, family="adam", needs_fo=True,
+                  doc="fo.muon (hidden matrices → Muon, the rest → AdamW)"),
+    "staged": Entry("base", _staged, None, needs_fo=True, uses_filter=True,
+                    doc="fo.with_moments(filter=…, moments=…, scale=normalize) + lr"),
+    "fo_adam": Entry("base", _fo_plain("adam"), None, needs_fo=True, doc="fo.adam"),
+    "fo_sgd": Entry("base", _fo_plain("sgd"), None, family="sgd", needs_fo=True, doc="fo.sgd"),
+    "clip": Entry("modifier", lambda max_norm: optax.clip_by_global_norm(max_norm),
+                  {"max_norm": 1.0}, doc="optax.clip_by_global_norm before the optimizer"),
+    "clip_value": Entry("modifier", lambda max_delta: optax.clip(max_delta),
+                        {"max_delta": 1.0}, doc="optax.clip (element-wise) before the optimizer"),
+}
+
+
+@dataclass(frozen=True)
+class Term:
+    """One ``name(args)`` term of a spec, with keyword arguments resolved."""
+
+    name: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def canonical(self) -> str:
+        """``name`` or ``name(k=v, ...)`` with only the given (non-default) arguments."""
+        if not self.kwargs:
+            return self.name
+        return f"{self.name}({', '.join(f'{k}={_fmt(v)}' for k, v in self.kwargs)})"
+
+
+@dataclass(frozen=True)
+class OptSpec:
+    """A parsed optimizer spec: a base term and gradient modifiers applied before it."""
+
+    base: Term
+    modifiers: tuple[Term, ...] = field(default=())
+
+    @property
+    def text(self) -> str:
+        """Canonical text; equal specs have equal text."""
+        return "+".join([self.base.canonical()] + [m.canonical() for m in self.modifiers])
+
+    @property
+    def entry(self) -> Entry:
+        """Registry entry of the base optimizer."""
+        return REGISTRY[self.base.name]
+
+    @property
+    def family(self) -> str:
+        """Learning-rate family of the base optimizer."""
+        return self.entry.family
+
+    @property
+    def uses_filter(self) -> bool:
+        """Whether the base optimizer contains a gradient filter (stats are logged)."""
+        return self.entry.uses_filter
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _fmt(v: Any) -> str:
+    """Literal formatting used in canonical spec text."""
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    return repr(v)
+
+
+def valid_names(kind: str | None = None) -> list[str]:
+    """Sorted registry names, optionally only bases or only modifiers."""
+    return sorted(n for n, e in REGISTRY.items() if kind is None or e.kind == kind)
+
+
+def _literal(node: ast.AST, where: str) -> Any:
+    """Evaluate a literal argument; ``inf`` / ``-inf`` are accepted as names."""
+    if isinstance(node, ast.Name) and node.id == "inf":
+        return INF
+    if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
+            and isinstance(node.operand, ast.Name) and node.operand.id == "inf"):
+        return -INF
+    try:
+        return ast.literal_eval(node)
+    except ValueError as e:
+        raise ValueError(f"{where}: arguments must be literals, got {ast.unparse(node)!r}") from e
+
+
+def _flatten_sum(node: ast.AST) -> list[ast.AST]:
+    """``a + b + c`` → ``[a, b, c]``."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _flatten_sum(node.left) + _flatten_sum(node.right)
+    return [node]
+
+
+def _parse_term(node: ast.AST, text: str) -> Term:
+    """Turn one AST term into a :class:`Term`, validating name and arguments."""
+    if isinstance(node, ast.Name):
+        name, args, keywords = node.id, [], []
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        name, args, keywords = node.func.id, node.args, node.keywords
+    else:
+        raise ValueError(
+            f"bad optimizer spec {text!r}: expected name or name(args), got "
+            f"{ast.unparse(node)!r}; valid names: {valid_names()}"
+        )
+    if name not in REGISTRY:
+        raise ValueError(
+            f"unknown optimizer {name!r} in spec {text!r}; valid bases: {valid_names('base')}; "
+            f"valid modifiers: {valid_names('modifier')}"
+        )
+    entry = REGISTRY[name]
+    where = f"{name} in spec {text!r}"
+    kw: dict[str, Any] = {}
+    if args:
+        if entry.params is None:
+            raise ValueError(f"{where}: use keyword arguments only")
+        order = list(entry.params)
+        if len(args) > len(order):
+            raise ValueError(f"{where}: too many positional arguments; parameters: {order}")
+        for pname, a in zip(order, args, strict=False):
+            kw[pname] = _literal(a, where)
+    for k in keywords:
+        if k.arg is None:
+            raise ValueError(f"{where}: **kwargs are not allowed")
+        if entry.params is not None and k.arg not in entry.params:
+            raise ValueError(
+                f"{where}: unknown argument {k.arg!r}; valid arguments: {list(entry.params)}"
+            )
+        if k.arg in kw:
+            raise ValueError(f"{where}: argument {k.arg!r} given twice")
+        kw[k.arg] = _literal(k.value, where)
+    if entry.params is not None and entry.kind == "modifier":  # modifiers: always explicit
+        items = tuple((k, kw.get(k, d)) for k, d in entry.params.items())
+    elif entry.params is not None:  # bases: drop defaults and order canonically
+        items = tuple((k, kw[k]) for k in entry.params if k in kw and kw[k] != entry.params[k])
+    else:
+        items = tuple(sorted(kw.items()))
+    return Term(name, items)
+
+
+def parse_spec(text: str) -> OptSpec:
+    """Parse a spec string into an :class:`OptSpec` (raises ``ValueError`` when malformed).
+
+    >>> parse_spec("adam+clip(1.0)").text
+    'adam+clip(max_norm=1.0)'
+    >>> parse_spec("filtered_adam(gamma=inf)").text
+    'filtered_adam(gamma=inf)'
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"empty optimizer spec; valid names: {valid_names()}")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(
+            f"cannot parse optimizer spec {text!r} ({e.msg}); valid names: {valid_names()}"
+        ) from e
+    terms = [_parse_term(n, text) for n in _flatten_sum(tree.body)]
+    base, mods = terms[0], terms[1:]
+    if REGISTRY[base.name].kind != "base":
+        raise ValueError(
+            f"spec {text!r} must start with an optimizer; valid bases: {valid_names('base')}"
+        )
+    for m in mods:
+        if REGISTRY[m.name].kind != "modifier":
+            raise ValueError(
+                f"spec {text!r}: {m.name!r} after '+' must be a modifier; "
+                f"valid modifiers: {valid_names('modifier')}"
+            )
+    return OptSpec(base, tuple(mods))
+
+
+def build(spec: OptSpec | str, learning_rate: Any, *, stats: bool = True
+          ) -> optax.GradientTransformation:
+    """Build the optax transformation for ``spec`` (``learning_rate`` may be a traced scalar).
+
+    ``stats=False`` builds filtered optimizers without their statistics buffers.
+    """
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    _STATS["on"] = stats
+    mods = []
+    for m in spec.modifiers:
+        entry = REGISTRY[m.name]
+        mods.append(entry.build(**{**(entry.params or {}), **dict(m.kwargs)}))
+    base = spec.entry.build(learning_rate, **dict(spec.base.kwargs))
+    return optax.chain(*mods, base) if mods else base
+
+
+def check_available(spec: OptSpec | str) -> str | None:
+    """``None`` if ``spec`` can be built now, else the reason it cannot."""
+    try:
+        build(spec, 1e-3)
+    except SpecUnavailable as e:
+        return str(e)
+    return None
+
+
+def filter_stats(opt_state: Any) -> dict[str, Any] | None:
+    """``fo.filter_stats(opt_state)`` when the library provides it, else ``None``."""
+    try:
+        import filtered_optax as fo
+    except Exception:  # noqa: BLE001
+        return None
+    fn = getattr(fo, "filter_stats", None)
+    return None if fn is None else fn(opt_state)
