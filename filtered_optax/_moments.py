@@ -216,10 +216,6 @@ def _check_stage(name: str, stage: Any) -> None:
         )
 
 
-def _leaf_name(path) -> str:
-    return jax.tree_util.keystr(path) or "<root>"
-
-
 def _check_like_state(updates: Any, reference: Any) -> None:
     """The gradient tree must have the structure and leaf shapes of the state's buffers."""
     if reference is None:
@@ -234,9 +230,10 @@ def _check_like_state(updates: Any, reference: Any) -> None:
         jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(reference)
     ):
         if jnp.shape(g) != jnp.shape(r):
+            name = jax.tree_util.keystr(path) or "<root>"
             raise ValueError(
-                f"gradient leaf {_leaf_name(path)} has shape {jnp.shape(g)} but the optimizer "
-                f"state was initialized for shape {jnp.shape(r)}."
+                f"gradient leaf {name} has shape {jnp.shape(g)} but the optimizer state was "
+                f"initialized for shape {jnp.shape(r)}."
             )
 
 
