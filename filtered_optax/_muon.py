@@ -499,23 +499,6 @@ def _check_scale(scale: Any) -> None:
         )
 
 
-def _check_compute_dtype(compute_dtype: Any) -> None:
-    if compute_dtype is None:
-        return
-    try:
-        dt = jnp.dtype(compute_dtype)
-    except TypeError as err:
-        raise ValueError(
-            f"compute_dtype must be a floating dtype such as 'float32' or 'bfloat16'; got "
-            f"compute_dtype={compute_dtype!r}."
-        ) from err
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise ValueError(
-            f"compute_dtype must be a floating dtype such as 'float32' or 'bfloat16'; got "
-            f"compute_dtype={compute_dtype!r}."
-        )
-
-
 def _check_filter(gamma: Any, eta: Any, b2: Any, warmup: Any, kappa: Any) -> None:
     if gamma is not None:
         _validation.check_range("filter_gamma", gamma, low=0.0, low_open=True)
@@ -615,7 +598,7 @@ def scale_by_muon(
     _validation.check_non_negative("eps", eps)
     _validation.check_non_negative("rms", rms)
     _check_scale(scale)
-    _check_compute_dtype(compute_dtype)
+    _validation.check_float_dtype("compute_dtype", compute_dtype)
     resolve_coefficients(coefficients, ns_steps)  # validates coefficients and ns_steps
     filtered = filter_gamma is not None
     _check_filter(filter_gamma, filter_eta, filter_b2, filter_warmup, filter_kappa)
