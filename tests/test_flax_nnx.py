@@ -18,21 +18,11 @@ import pytest
 from flax import nnx
 
 import filtered_optax as fo
-from filtered_optax import _muon
+from tests.test_nnx import MLP
 
-muon = getattr(fo, "muon", _muon.muon)
-muon_labels = getattr(fo, "muon_labels", _muon.muon_labels)
-MuonState = _muon.MuonState
-
-
-class MLP(nnx.Module):
-    def __init__(self, din: int, hidden: int, dout: int, *, rngs: nnx.Rngs):
-        self.hidden = nnx.Linear(din, hidden, rngs=rngs)
-        self.norm = nnx.LayerNorm(hidden, rngs=rngs)
-        self.head = nnx.Linear(hidden, dout, rngs=rngs)
-
-    def __call__(self, x):
-        return self.head(nnx.gelu(self.norm(self.hidden(x))))
+muon = fo.muon
+muon_labels = fo.muon_labels
+MuonState = fo.MuonState
 
 
 class TinyTransformer(nnx.Module):
