@@ -32,6 +32,9 @@ from filtered_optax._moments import ema as ema
 from filtered_optax._moments import heavy_ball as heavy_ball
 from filtered_optax._moments import second_moment as second_moment
 from filtered_optax._moments import with_moments as with_moments
+from filtered_optax._monitor import MonitorState as MonitorState
+from filtered_optax._monitor import monitor as monitor
+from filtered_optax._monitor import read_stats as read_stats
 from filtered_optax._muon import MatrixSpec as MatrixSpec
 from filtered_optax._muon import MuonState as MuonState
 from filtered_optax._muon import RouteRow as RouteRow
