@@ -8,8 +8,10 @@ Grammar (a Python expression, parsed with :mod:`ast`, never evaluated)::
     args     := literal numbers / strings / True / False / None / inf, positional or keyword
 
 Examples: ``"adam"``, ``"adam(b1=0.8)"``, ``"adam+clip(1.0)"``, ``"filtered_adam(gamma=inf)"``,
-``"staged(filter='spam', threshold=5000)"``. Specs needing :mod:`filtered_optax` raise
-:class:`SpecUnavailable` at build time (not at parse time) when the library lacks the piece.
+``"staged(filter='spam', threshold=5000)"``, ``"filtered_adam(mu_dtype='bfloat16')"``. Specs
+needing :mod:`filtered_optax` raise :class:`SpecUnavailable` at build time (not at parse time)
+when the library lacks the piece. :func:`spec_from_description` reads the spec back from a built
+chain: ``spec_from_description(fo.describe(build(s, lr))) == parse_spec(s).text``.
 """
 
 from __future__ import annotations
@@ -109,13 +111,21 @@ def _staged(
     lr: Any,
     filter: str = "kalman",  # noqa: A002 - mirrors fo.with_moments(filter=...)
     moments: str = "ema",
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    **filter_kw: Any,
+    **kw: Any,
 ) -> optax.GradientTransformation:
     """``fo.with_moments(filter=fo.<filter>_filter(**kw), moments=fo.<moments>(b1, b2),
-    scale=fo.normalize(eps))`` followed by ``optax.scale_by_learning_rate(lr)``."""
+    scale=fo.normalize(eps), mu_dtype=, nu_dtype=)`` followed by
+    ``optax.scale_by_learning_rate(lr)``.
+
+    ``b1``, ``b2`` (moment rule), ``eps`` (normalize), ``mu_dtype``, ``nu_dtype``
+    (with_moments) and the filter's own arguments are passed on only when the spec names
+    them, so the built chain records exactly what the spec asked for (the defaults are the
+    stages' own: 0.9, 0.999, 1e-8, None).
+    """
+    rule_kw = {k: kw.pop(k) for k in ("b1", "b2") if k in kw}
+    scale_kw = {k: kw.pop(k) for k in ("eps",) if k in kw}
+    dtype_kw = {k: kw.pop(k) for k in ("mu_dtype", "nu_dtype") if k in kw}
+    filter_kw = kw
     fo = _fo()
     filters = {
         "kalman": "kalman_filter", "spam": "spam_filter", "zscore": "zscore_filter",
@@ -132,7 +142,10 @@ def _staged(
         filter_kw = {"stats": True, **filter_kw}
     filt = _checked_call(filt_fn, f"fo.{filters[filter]}", **filter_kw)
     stage = fo.with_moments(
-        filter=filt, moments=getattr(fo, moments)(b1, b2), scale=fo.normalize(eps)
+        filter=filt,
+        moments=getattr(fo, moments)(**rule_kw),
+        scale=fo.normalize(**scale_kw),
+        **dtype_kw,
     )
     return optax.chain(stage, optax.scale_by_learning_rate(lr))
 
@@ -146,6 +159,8 @@ def _adopt(lr: Any, **kw: Any) -> optax.GradientTransformation:
 
 _ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
 _FILTER = {"eta": 1.0, "gamma": 10.0, "warmup": 20, "kappa": 1e-2}
+# Storage dtypes of the moments, as strings: filtered_adam(mu_dtype='bfloat16').
+_DTYPES = {"mu_dtype": None, "nu_dtype": None}
 
 REGISTRY: dict[str, Entry] = {
     "sgd": Entry("base", lambda lr, **k: optax.sgd(lr, **k),
@@ -165,10 +180,10 @@ REGISTRY: dict[str, Entry] = {
     "optax_muon": Entry("base", lambda lr, **k: optax.contrib.muon(lr, **k),
                         {"beta": 0.95, "weight_decay": 0.0, "ns_steps": 5}, family="muon",
                         doc="optax.contrib.muon (its default routing: every 2-D leaf)"),
-    "filtered_adam": Entry("base", _filtered("filtered_adam"), {**_ADAM, **_FILTER},
+    "filtered_adam": Entry("base", _filtered("filtered_adam"), {**_ADAM, **_FILTER, **_DTYPES},
                            needs_fo=True, uses_filter=True, doc="fo.filtered_adam"),
     "filtered_adamw": Entry("base", _filtered("filtered_adamw"),
-                            {**_ADAM, **_FILTER, "weight_decay": 1e-4},
+                            {**_ADAM, **_FILTER, "weight_decay": 1e-4, **_DTYPES},
                             needs_fo=True, uses_filter=True, doc="fo.filtered_adamw"),
     "muon": Entry("base", _fo_plain("muon"), None, family="adam", needs_fo=True,
                   doc="fo.muon (hidden matrices → Muon, the rest → AdamW)"),
@@ -351,7 +366,10 @@ def build(spec: OptSpec | str, learning_rate: Any, *, stats: bool = True
     for m in spec.modifiers:
         entry = REGISTRY[m.name]
         mods.append(entry.build(**{**(entry.params or {}), **dict(m.kwargs)}))
-    base = spec.entry.build(learning_rate, **dict(spec.base.kwargs))
+    # The registry's defaults, not the target's: "sgd" is heavy-ball SGD with momentum 0.9
+    # even though optax.sgd's own default is no momentum.
+    kwargs = {**(spec.entry.params or {}), **dict(spec.base.kwargs)}
+    base = spec.entry.build(learning_rate, **kwargs)
     return optax.chain(*mods, base) if mods else base
 
 
@@ -362,6 +380,163 @@ def check_available(spec: OptSpec | str) -> str | None:
     except SpecUnavailable as e:
         return str(e)
     return None
+
+
+# ----------------------------------------------------------------------------- description → spec
+#
+# ``fo.describe(build(spec, lr))`` lists the built chain's stages; the readers below turn such
+# a description back into spec text. Each reader only proposes a candidate; a candidate is
+# accepted when building it gives the same description (learning rate and ``stats`` aside),
+# so a reader never has to check the whole structure itself.
+
+# fo aliases that are registry bases, by the name their description carries.
+_FO_BASES = {"fo.filtered_adam": "filtered_adam", "fo.filtered_adamw": "filtered_adamw",
+             "fo.muon": "muon", "fo.adam": "fo_adam", "fo.sgd": "fo_sgd"}
+_STAGED_FILTERS = {"fo.kalman_filter": "kalman", "fo.spam_filter": "spam",
+                   "fo.zscore_filter": "zscore", "fo.soft_clip_filter": "soft_clip",
+                   "fo.identity_filter": "identity"}
+_MODIFIERS = {"optax.clip_by_global_norm": ("clip", "max_norm"),
+              "optax.clip": ("clip_value", "max_delta")}
+_NOT_SPEC = ("learning_rate", "stats")  # set by build(), not by the spec
+
+
+def _hyper(desc: Any, stage: str, *names: str) -> dict[str, Any]:
+    found = desc.find(stage)
+    if found is None:
+        raise LookupError(stage)
+    hp = dict(found.hyperparams)
+    return {n: hp[n] for n in names}
+
+
+def _given(desc: Any, drop: tuple[str, ...] = _NOT_SPEC) -> dict[str, Any]:
+    """The arguments the caller passed to one of our constructors."""
+    hp = dict(desc.hyperparams)
+    return {k: hp[k] for k in desc.given or () if k not in drop}
+
+
+def _momentum(desc: Any) -> dict[str, Any]:
+    trace = desc.find("optax.trace")
+    if trace is None:
+        return {"momentum": None}
+    hp = dict(trace.hyperparams)
+    return {"momentum": hp["decay"], "nesterov": hp["nesterov"]}
+
+
+_OPTAX_READERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "sgd": _momentum,
+    "adam": lambda d: _hyper(d, "optax.scale_by_adam", "b1", "b2", "eps"),
+    "adamw": lambda d: {**_hyper(d, "optax.scale_by_adam", "b1", "b2", "eps"),
+                        **_hyper(d, "optax.add_decayed_weights", "weight_decay")},
+    "rmsprop": lambda d: {**_hyper(d, "optax.scale_by_rms", "decay", "eps"),
+                          "momentum": _momentum(d)["momentum"]},
+    "adabelief": lambda d: _hyper(d, "optax.scale_by_belief", "b1", "b2", "eps", "eps_root"),
+    "adopt": lambda d: _hyper(d, "optax.contrib.scale_by_adopt", "b1", "b2", "eps"),
+    "optax_muon": lambda d: {**_hyper(d, "optax.contrib.scale_by_muon", "beta", "ns_steps"),
+                             **_hyper(d, "optax.add_decayed_weights", "weight_decay")},
+}
+
+
+def _staged_kwargs(desc: Any) -> dict[str, Any]:
+    """``staged(...)`` arguments from ``chain(fo.with_moments(...), lr)``."""
+    if desc.name != "optax.chain" or not desc.children:
+        raise LookupError("staged")
+    stage = desc.children[0][1]
+    parts = dict(stage.children)
+    if stage.name != "fo.with_moments" or parts["scale"].name != "fo.normalize":
+        raise LookupError("staged")
+    kw: dict[str, Any] = {}
+    flt, rule = _STAGED_FILTERS[parts["filter"].name], parts["moments"].name.removeprefix("fo.")
+    if flt != "kalman":
+        kw["filter"] = flt
+    if rule != "ema":
+        kw["moments"] = rule
+    kw.update(_given(parts["filter"]))
+    kw.update(_given(parts["moments"]))
+    kw.update(_given(parts["scale"]))
+    kw.update({k: v for k, v in stage.hyperparams if v is not None})  # mu_dtype, nu_dtype
+    return kw
+
+
+def _candidates(desc: Any) -> list[str]:
+    """Spec texts (not yet checked) that may build the optimizer ``desc`` describes."""
+    out = []
+    if desc.name in _FO_BASES:
+        name = _FO_BASES[desc.name]
+        if REGISTRY[name].params is None:  # only what was passed (canonical text keeps it)
+            kw = _given(desc)
+        else:  # everything known to the spec; parse_spec drops the defaults
+            hp = dict(desc.hyperparams)
+            kw = {k: hp[k] for k in REGISTRY[name].params if k in hp}
+        out.append(_term_text(name, kw))
+    for name, reader in [("staged", _staged_kwargs), *_OPTAX_READERS.items()]:
+        try:
+            out.append(_term_text(name, reader(desc)))
+        except (LookupError, TypeError):
+            continue
+    return out
+
+
+def _term_text(name: str, kw: dict[str, Any]) -> str:
+    return f"{name}({', '.join(f'{k}={_fmt(v)}' for k, v in sorted(kw.items()))})"
+
+
+def _comparable(desc: Any) -> Any:
+    """``desc`` without what a spec does not fix: the learning rate and ``stats``."""
+    fo = _fo()
+    if desc.name == "optax.scale_by_schedule" or (
+        desc.name == "optax.scale"
+        and not (isinstance(s := dict(desc.hyperparams).get("step_size"), float) and s > 0)
+    ):
+        return fo.Description("learning rate")
+    return fo.Description(
+        desc.name,
+        tuple((k, v) for k, v in desc.hyperparams if k not in _NOT_SPEC),
+        tuple((k, _comparable(c)) for k, c in desc.children),
+    )
+
+
+def spec_from_description(desc: Any) -> str:
+    """The canonical spec text whose :func:`build` gives the optimizer ``desc`` describes.
+
+    ``desc`` is ``fo.describe(tx)`` of a built chain, so this inverts :func:`build`:
+    ``spec_from_description(fo.describe(build(s, lr))) == parse_spec(s).text``. The
+    learning rate and ``stats`` are not part of a spec and are ignored.
+
+    >>> import filtered_optax as fo
+    >>> spec_from_description(fo.describe(build("filtered_adam(gamma=inf)+clip(0.5)", 1e-3)))
+    'filtered_adam(gamma=inf)+clip(max_norm=0.5)'
+
+    Raises:
+      ValueError: when no spec builds that optimizer (say, a hand-written chain).
+    """
+    target = _comparable(desc)
+    mods: list[str] = []
+    bases = [desc]
+    if desc.name == "optax.chain" and len(desc.children) > 1:
+        *front, (_, last) = desc.children
+        if all(c.name in _MODIFIERS for _, c in front):
+            for _, c in front:
+                name, arg = _MODIFIERS[c.name]
+                mods.append(f"{name}({arg}={_fmt(dict(c.hyperparams)[arg])})")
+            bases.append(last)
+    stats_was = _STATS["on"]
+    try:
+        for base in bases:
+            chosen = mods if base is not desc else []
+            for text in _candidates(base):
+                try:
+                    spec = parse_spec("+".join([text, *chosen]))
+                    rebuilt = _fo().describe(build(spec, 1e-3))
+                except (SpecUnavailable, ValueError, TypeError):
+                    continue
+                if _comparable(rebuilt) == target:
+                    return spec.text
+    finally:
+        _STATS["on"] = stats_was
+    raise ValueError(
+        f"no optimizer spec builds this chain (top stage {desc.name}); valid bases: "
+        f"{valid_names('base')}"
+    )
 
 
 def filter_stats(opt_state: Any) -> dict[str, Any] | None:

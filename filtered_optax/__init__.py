@@ -12,6 +12,8 @@ from filtered_optax._alias import filtered_adam as filtered_adam
 from filtered_optax._alias import filtered_adamw as filtered_adamw
 from filtered_optax._alias import rmsprop as rmsprop
 from filtered_optax._alias import sgd as sgd
+from filtered_optax._describe import Description as Description
+from filtered_optax._describe import describe as describe
 from filtered_optax._filters import FilterResult as FilterResult
 from filtered_optax._filters import FilterStats as FilterStats
 from filtered_optax._filters import filter_stats as filter_stats

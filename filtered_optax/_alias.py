@@ -13,7 +13,7 @@ from typing import Any
 
 import optax
 
-from filtered_optax import _validation
+from filtered_optax import _record, _validation
 from filtered_optax._filters import kalman_filter
 from filtered_optax._moments import belief, ema, heavy_ball, second_moment, with_moments
 from filtered_optax._scaling import momentum_output, normalize, rms_normalize
@@ -38,6 +38,7 @@ def _finish(
     return optax.chain(*stages)
 
 
+@_record.recorded
 def filtered_adam(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -105,6 +106,7 @@ def filtered_adam(
     )
 
 
+@_record.recorded
 def filtered_adamw(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -157,6 +159,7 @@ def filtered_adamw(
     )
 
 
+@_record.recorded
 def adam(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -200,6 +203,7 @@ def adam(
     )
 
 
+@_record.recorded
 def adamw(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -244,6 +248,7 @@ def adamw(
     )
 
 
+@_record.recorded
 def rmsprop(
     learning_rate: ScalarOrSchedule,
     decay: float = 0.9,
@@ -294,6 +299,7 @@ def rmsprop(
     return optax.chain(tx, optax.trace(decay=momentum, nesterov=nesterov))
 
 
+@_record.recorded
 def adabelief(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
@@ -333,6 +339,7 @@ def adabelief(
     )
 
 
+@_record.recorded
 def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: float | None = None,

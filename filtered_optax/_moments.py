@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from optax import tree as otu
 
-from filtered_optax import _validation
+from filtered_optax import _record, _validation
 
 Updates = Any
 Params = Any
@@ -81,6 +81,7 @@ class WithMomentsState(NamedTuple):
     scale_state: optax.OptState
 
 
+@_record.recorded
 def ema(b1: float = 0.9, b2: float = 0.999) -> MomentRule:
     r"""Adam's moment rule: exponential moving averages of g and g^2.
 
@@ -114,6 +115,7 @@ def ema(b1: float = 0.9, b2: float = 0.999) -> MomentRule:
     return MomentRule(init, update, b1, b2)
 
 
+@_record.recorded
 def belief(b1: float = 0.9, b2: float = 0.999, eps_root: float = 1e-16) -> MomentRule:
     r"""AdaBelief's moment rule: the second moment is the centred "belief" variance.
 
@@ -148,6 +150,7 @@ def belief(b1: float = 0.9, b2: float = 0.999, eps_root: float = 1e-16) -> Momen
     return MomentRule(init, update, b1, b2)
 
 
+@_record.recorded
 def second_moment(decay: float = 0.9, initial_scale: float = 0.0) -> MomentRule:
     r"""RMSProp's moment rule: only an EMA of g^2, no first moment is stored.
 
@@ -176,6 +179,7 @@ def second_moment(decay: float = 0.9, initial_scale: float = 0.0) -> MomentRule:
     return MomentRule(init, update, 0.0, decay)
 
 
+@_record.recorded
 def heavy_ball(momentum: float = 0.9) -> MomentRule:
     r"""SGD's momentum rule: an undamped trace, no second moment is stored.
 
@@ -333,4 +337,6 @@ def with_moments(
             scale_state=scale_state,
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    stages = dict(filter=filter, moments=moments, scale=scale)
+    return _record.record(tx, "fo.with_moments", dict(stages, mu_dtype=mu_dtype, nu_dtype=nu_dtype))

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from optax import tree as otu
 
-from filtered_optax import _validation
+from filtered_optax import _record, _validation
 from filtered_optax._orthogonal import (
     Coefficients,
     matrix_view,
@@ -508,6 +508,7 @@ def _check_filter(gamma: Any, eta: Any, b2: Any, warmup: Any, kappa: Any) -> Non
     _validation.check_non_negative("filter_kappa", kappa)
 
 
+@_record.recorded
 def scale_by_muon(
     beta: float = 0.95,
     *,
@@ -721,6 +722,7 @@ def scale_by_muon(
 # The flat alias
 
 
+@_record.recorded
 def muon(
     learning_rate: ScalarOrSchedule,
     beta: float = 0.95,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from optax import tree as otu
 
-from filtered_optax import _validation
+from filtered_optax import _record, _validation
 from filtered_optax._moments import Moments
 
 
@@ -32,6 +32,7 @@ def _require(stage: str, moments: Moments | None, *, need_mu: bool, need_nu: boo
     return moments
 
 
+@_record.recorded
 def normalize(
     eps: float = 1e-8,
     eps_root: float = 0.0,
@@ -91,6 +92,7 @@ def normalize(
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
+@_record.recorded
 def rms_normalize(
     eps: float = 1e-8,
     *,
@@ -138,6 +140,7 @@ def rms_normalize(
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
+@_record.recorded
 def momentum_output(*, nesterov: bool = False) -> optax.GradientTransformationExtraArgs:
     r"""SGD-with-momentum's update: the trace, or its Nesterov look-ahead.
 
@@ -170,6 +173,7 @@ def momentum_output(*, nesterov: bool = False) -> optax.GradientTransformationEx
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
+@_record.recorded
 def sign_update() -> optax.GradientTransformationExtraArgs:
     r"""Sign of the first moment: :math:`u_t = \operatorname{sign}(m_t)`.
 
