@@ -158,3 +158,15 @@ def test_invalid_arguments(kwargs, needle):
         newton_schulz(jnp.ones((2, 3)), **kwargs)
     with pytest.raises(ValueError, match="rank"):
         newton_schulz(jnp.ones(3))
+
+
+@pytest.mark.parametrize("shape", [(384, 40), (2, 1024, 48), (770, 33), (385, 16), (5, 7)])
+def test_blocked_gram_equals_the_plain_product_and_is_symmetric(shape):
+    """`gram` skips the mirror blocks of P Pᵀ; every entry is still the same dot product."""
+    from filtered_optax._orthogonal import gram
+
+    p = jax.random.normal(jax.random.key(3), shape)
+    g = np.asarray(gram(p))
+    ref = np.asarray(p, np.float64) @ np.swapaxes(np.asarray(p, np.float64), -1, -2)
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(g, np.swapaxes(g, -1, -2))
