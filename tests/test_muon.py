@@ -339,7 +339,7 @@ def test_batched_same_shape_equals_unbatched():
     rng = np.random.default_rng(6)
     params = _rand_tree(MATRICES, rng)
     grads = [_rand_tree(MATRICES, rng) for _ in range(3)]
-    a, _ = _run(muon(0.02), params, grads)
+    a, _ = _run(muon(0.02, batch_same_shape=True), params, grads)
     b, _ = _run(muon(0.02, batch_same_shape=False), params, grads)
     for k in params:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6)
