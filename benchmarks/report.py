@@ -17,6 +17,7 @@ from benchmarks import analysis as an  # noqa: E402
 from benchmarks import metrics as metrics_lib  # noqa: E402
 from benchmarks import records  # noqa: E402
 from benchmarks.quadratic import VARIANTS  # noqa: E402
+from benchmarks.suites import BF16_STORAGE_SPEC  # noqa: E402
 
 Rec = dict[str, Any]
 
@@ -85,6 +86,36 @@ def net_section(task: str, g: an.Group) -> tuple[str, dict[str, an.Tuned]]:
                     "steps to target (median, reached)", "Δ steps vs adam", "Δ test vs adam",
                     "loss spikes", "diverged"], rows)
     return head + table + "\n", tuned
+
+
+def storage_section(nets: dict[str, an.Group], f32: str, bf16: str) -> str:
+    """bfloat16 against float32 moment storage, paired over seeds at the same learning rate.
+
+    The rate is the float32 spec's tuned one, so the difference isolates the storage dtype.
+    """
+    rows = []
+    for task, g in sorted(nets.items()):
+        if f32 not in g or bf16 not in g:
+            continue
+        k = an.tune(g[f32], an.net_score).k
+        if k not in g[bf16]:
+            rows.append([task, _lr(k), "not run at this LR", "", "", ""])
+            continue
+        a, b = g[bf16][k], g[f32][k]
+        val = an.paired(an.per_seed(a, an.net_score), an.per_seed(b, an.net_score))
+        test = an.paired(an.per_seed(a, an.test_score), an.per_seed(b, an.test_score))
+        rows.append([task, _lr(k), _ms([r["metrics"]["test_metric"] for r in b]),
+                     _ms([r["metrics"]["test_metric"] for r in a]),
+                     val.fmt() if val else "n/a", test.fmt() if test else "n/a"])
+    if not rows:
+        return ""
+    head = (f"`{bf16}` against `{f32}` (float32 storage), same seeds, at the float32 spec's "
+            "tuned learning rate; arithmetic is float32 in both, only the stored moments are "
+            "rounded. Δ = bfloat16 − float32 (negative = bfloat16 better), mean [95 % t-CI]; "
+            "for classifiers the Δ columns are on error (1 − accuracy). Moment state bytes: "
+            "half of float32's (tests/test_storage_dtypes.py).\n\n")
+    return head + _table(["task", "LR", "test metric, float32 storage",
+                          "test metric, bfloat16 storage", "Δ final val", "Δ test"], rows) + "\n"
 
 
 def spike_section(task: str, g: an.Group, clean: an.Group) -> str:
@@ -383,6 +414,10 @@ def write_report(out_dir: Path, suite: str, command: str = "",
     parts.append("**Best learning rate on an edge of the tested range** (the window could not "
                  "be extended further, so the tuned rate may be off): "
                  + ("; ".join(edges) if edges else "none") + ".\n")
+    storage = storage_section(nets, an.F_SPEC, an.canon(BF16_STORAGE_SPEC))
+    if storage:
+        parts.append("## Moment storage dtype\n")
+        parts.append(storage)
     if spikes:
         parts.append("## Spike injection (one corrupt batch)\n")
         for task, g in sorted(spikes.items()):

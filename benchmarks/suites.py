@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# filtered_adam with both moments stored in bfloat16 (arithmetic stays float32): the report
+# compares it with float32 storage at the same learning rate and seeds.
+BF16_STORAGE_SPEC = "filtered_adam(mu_dtype='bfloat16', nu_dtype='bfloat16')"
+
 # Every optimizer compared on the network tasks (full suite).
 NET_SPECS = (
     "sgd",
@@ -28,6 +32,7 @@ NET_SPECS = (
     "adam(b1=0.95)",
     "muon",  # fo.muon: hidden matrices -> Muon, the rest -> AdamW
     "optax_muon",  # optax.contrib.muon with its defaults
+    BF16_STORAGE_SPEC,
 )
 
 # Muon is defined for matrices only, so it is left out of the (vector) quadratic family.
@@ -58,12 +63,13 @@ PROBE_UPPER = ("adam", "filtered_adam", "adam+clip(1.0)")
 
 # Centre exponent k (lr = 2**k) per task and LR family.
 # Family "adam" covers every Adam-like optimizer and fo.muon (Moonshot scaling: AdamW's LR);
-# "muon" is optax.contrib.muon (Keller-style LR ~0.02). Set from pilot and quick-suite runs.
+# "muon" is optax.contrib.muon (Keller-style LR ~0.02); "sgd" is SGD with momentum 0.9, whose
+# effective step is ~10x its LR. Set from pilot and quick-suite runs.
 LR_CENTRES: dict[str, dict[str, int]] = {
-    "lm": {"adam": -8, "rmsprop": -9, "sgd": -1, "muon": -6},
-    "mnist1d_mlp": {"adam": -8, "rmsprop": -9, "sgd": -1, "muon": -6},
-    "mnist1d_cnn": {"adam": -8, "rmsprop": -9, "sgd": -1, "muon": -6},
-    "fashion_mlp": {"adam": -9, "rmsprop": -10, "sgd": -3, "muon": -6},
+    "lm": {"adam": -8, "rmsprop": -9, "sgd": -4, "muon": -6},
+    "mnist1d_mlp": {"adam": -8, "rmsprop": -9, "sgd": -4, "muon": -6},
+    "mnist1d_cnn": {"adam": -8, "rmsprop": -9, "sgd": -4, "muon": -6},
+    "fashion_mlp": {"adam": -9, "rmsprop": -10, "sgd": -6, "muon": -6},
 }
 
 
