@@ -1,10 +1,12 @@
-"""Command line: ``python -m benchmarks {run,report,cost,specs}``.
+"""Command line: ``python -m benchmarks {run,report,cost,specs,ladder,perf}``.
 
 Examples (from the repository root)::
 
     python -m benchmarks run --suite quick
+    python -m benchmarks ladder            # the difficulty ladder (benchmarks/results/ladder)
     python -m benchmarks run --suite full --data ../shared/data/tinyshakespeare.txt
     python -m benchmarks cost
+    python -m benchmarks perf              # performance targets (benchmarks/results/perf.md)
     python -m benchmarks report --suite full
 """
 
@@ -50,7 +52,54 @@ def main(argv: list[str] | None = None) -> int:
     cost.add_argument("--suite", default="full")
     cost.add_argument("--out", default=None)
     sub.add_parser("specs", help="list optimizer spec names")
+    lad = sub.add_parser("ladder", help="the difficulty ladder: synthetic problems with fixed "
+                                        "pass criteria, every optimizer, pass-rate heatmap")
+    lad.add_argument("--out", default=None, help="output dir (default benchmarks/results/ladder)")
+    lad.add_argument("--seeds", type=int, default=None,
+                     help="held-out seeds per cell (default 16; quick: 2)")
+    lad.add_argument("--quick", action="store_true",
+                     help="plumbing check: few steps, seeds, LRs and optimizers (seconds)")
+    lad.add_argument("--problems", default=None, help="comma-separated subset of the problems")
+    lad.add_argument("--report", action="store_true",
+                     help="only rewrite LADDER.md and the figures from OUT/results.json")
+    perf = sub.add_parser("perf", help="the performance targets: filter cost, Muon speed and "
+                                       "orthogonality, train-step overhead, peak bytes")
+    perf.add_argument("--out", default=None, help="output dir (default benchmarks/results)")
+    perf.add_argument("--quick", action="store_true", help="small sizes (plumbing check)")
     a = p.parse_args(argv)
+    if a.cmd == "perf":
+        from benchmarks import perf as perf_lib
+
+        out = Path(a.out) if a.out else RESULTS
+        perf_lib.main(out, _command_line(argv), quick=a.quick)
+        print((out / "perf.md").read_text())
+        return 0
+    if a.cmd == "ladder":
+        if a.quick and "jax" not in sys.modules:
+            # Quick runs are all compile time: ask XLA for its cheapest code generation.
+            os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+        from benchmarks import ladder
+
+        if a.seeds is not None and a.seeds < 1:
+            p.error(f"--seeds must be >= 1, got {a.seeds}")
+        out = Path(a.out) if a.out else RESULTS / "ladder"
+        t0 = time.perf_counter()
+        if a.report:
+            if not (out / "results.json").exists():
+                p.error(f"--report: no results.json in {out}")
+            res = ladder.rewrite_report(out)
+            print(ladder.summary_text(res))
+            print(f"\nrewrote {out / 'LADDER.md'} and the figures")
+            return 0
+        try:
+            res = ladder.main(out, _command_line(argv), quick=a.quick, seeds=a.seeds,
+                              problems=a.problems.split(",") if a.problems else None)
+        except ValueError as e:
+            p.error(str(e))
+        print(ladder.summary_text(res))
+        print(f"\nwrote {out / 'LADDER.md'}, results.json, heatmap.png, curves.png "
+              f"({time.perf_counter() - t0:.0f} s total)")
+        return 0
     if getattr(a, "suite", None) == "smoke" and "jax" not in sys.modules:
         # Smoke runs a few steps of everything: compile time is all that matters, so ask XLA
         # for its cheapest code generation (numbers of a smoke run mean nothing anyway).

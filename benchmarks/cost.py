@@ -49,7 +49,7 @@ def tree_bytes(tree: Any) -> int:
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "size")))
 
 
-def _opt_step(opt: optax.GradientTransformation) -> Callable:
+def opt_step(opt: optax.GradientTransformation) -> Callable:
     """Jitted (params, state, grads) → (params', state') with params and state donated."""
 
     def step(params, state, grads):
@@ -74,7 +74,7 @@ def _ref_op_tree(p, m, v, g):
     return tuple(pick)
 
 
-_ref_tree = jax.jit(_ref_op_tree, donate_argnums=(0, 1, 2))
+ref_op = jax.jit(_ref_op_tree, donate_argnums=(0, 1, 2))
 
 
 def _time(fn: Callable[[], Any]) -> float:
@@ -83,9 +83,25 @@ def _time(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def _summary(times: list[float]) -> dict[str, float]:
+def summary(times: list[float]) -> dict[str, float]:
+    """Median, min and max of a list of times in seconds."""
     return {"median_s": float(np.median(times)), "min_s": float(np.min(times)),
             "max_s": float(np.max(times))}
+
+
+def interleave(calls: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
+    """Times each call once per round, in turn, for ``reps`` rounds after one warm-up round.
+
+    Interleaving spreads the machine's load changes evenly over all contenders, so ratios of
+    medians compare like with like even on a shared machine.
+    """
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for rep in range(reps + 1):  # rep 0 = compile + warm-up, not recorded
+        for name, fn in calls.items():
+            dt = _time(fn)
+            if rep:
+                times[name].append(dt)
+    return times
 
 
 def bench_opt_steps(n: int, reps: int, spec_texts: tuple[str, ...] = COST_SPECS,
@@ -103,30 +119,25 @@ def bench_opt_steps(n: int, reps: int, spec_texts: tuple[str, ...] = COST_SPECS,
             continue
         opt = specs_lib.build(spec, 1e-3, stats=False)
         params = jax.tree.map(jnp.copy, params0)
-        runners[text] = {"step": _opt_step(opt), "params": params, "state": opt.init(params),
-                         "times": []}
+        runners[text] = {"step": opt_step(opt), "params": params, "state": opt.init(params)}
     p, m, v = (jax.tree.map(jnp.copy, params0) for _ in range(3))
-    ref = {"p": p, "m": m, "v": v, "times": []}
+    ref = {"p": p, "m": m, "v": v}
     del params0
 
     def run_ref():
-        ref["p"], ref["m"], ref["v"] = _ref_tree(ref["p"], ref["m"], ref["v"], grads)
+        ref["p"], ref["m"], ref["v"] = ref_op(ref["p"], ref["m"], ref["v"], grads)
         return ref["p"]
 
-    for rep in range(reps + 1):  # rep 0 = compile + warm-up, not recorded
-        for r in runners.values():
-            def one(r=r):
-                r["params"], r["state"] = r["step"](r["params"], r["state"], grads)
-                return r["params"]
-            dt = _time(one)
-            if rep:
-                r["times"].append(dt)
-        dt = _time(run_ref)
-        if rep:
-            ref["times"].append(dt)
+    def one(r):
+        r["params"], r["state"] = r["step"](r["params"], r["state"], grads)
+        return r["params"]
+
+    times = interleave({**{t: (lambda r=r: one(r)) for t, r in runners.items()},
+                        "ref_op": run_ref}, reps)
     out = []
     for text, r in [*runners.items(), ("ref_op", ref)]:
-        s = _summary(r["times"])
+        r["times"] = times[text]
+        s = summary(r["times"])
         b = BYTES_PER_PARAM.get(text.split("(")[0], 28) * n_real
         out.append({"what": "opt_step", "spec": text, "n_params": n_real, "reps": reps,
                     "times_s": r["times"], **s,
@@ -171,17 +182,17 @@ def bench_train_step(lm_kwargs: dict[str, Any], reps: int,
 
         params = init(jax.random.key(0))
         runners[text] = {"step": jax.jit(step, donate_argnums=(0, 1)), "params": params,
-                         "state": opt.init(params), "times": []}
-    for rep in range(reps + 1):
-        for r in runners.values():
-            def one(r=r):
-                r["params"], r["state"] = r["step"](r["params"], r["state"], tokens)
-                return r["params"]
-            dt = _time(one)
-            if rep:
-                r["times"].append(dt)
+                         "state": opt.init(params)}
+
+    def one(r):
+        r["params"], r["state"] = r["step"](r["params"], r["state"], tokens)
+        return r["params"]
+
+    times = interleave({t: (lambda r=r: one(r)) for t, r in runners.items()}, reps)
+    for t, r in runners.items():
+        r["times"] = times[t]
     return [{"what": "train_step", "spec": t, "n_params": n_params, "reps": reps,
-             "times_s": r["times"], **_summary(r["times"]), "state_bytes": tree_bytes(r["state"]),
+             "times_s": r["times"], **summary(r["times"]), "state_bytes": tree_bytes(r["state"]),
              "lm": dict(lm_kwargs)} for t, r in runners.items()]
 
 
