@@ -66,12 +66,17 @@ def main(argv: list[str] | None = None) -> int:
                                        "orthogonality, train-step overhead, peak bytes")
     perf.add_argument("--out", default=None, help="output dir (default benchmarks/results)")
     perf.add_argument("--quick", action="store_true", help="small sizes (plumbing check)")
+    perf.add_argument("--report", action="store_true",
+                      help="only rewrite perf.md from perf.json and perf_reading.md")
     a = p.parse_args(argv)
     if a.cmd == "perf":
         from benchmarks import perf as perf_lib
 
         out = Path(a.out) if a.out else RESULTS
-        perf_lib.main(out, _command_line(argv), quick=a.quick)
+        if a.report:
+            perf_lib.write_report(out)
+        else:
+            perf_lib.main(out, _command_line(argv), quick=a.quick)
         print((out / "perf.md").read_text())
         return 0
     if a.cmd == "ladder":

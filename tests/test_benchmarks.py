@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -249,3 +251,26 @@ def test_resume_skips_finished_runs(smoke_dir: Path) -> None:
     after = records.load(path)
     assert len(after) == len(lines)
     assert {r["key"] for r in after} == {json.loads(ln)["key"] for ln in lines}
+
+
+def test_filtered_adam_peak_memory_is_adams_plus_one_parameter_buffer() -> None:
+    """Performance target 4, from XLA's memory analysis of the compiled optimizer step."""
+    import optax
+
+    import filtered_optax as fo
+    from benchmarks import cost, perf
+
+    params = cost.make_params(40_000)
+    grads = jax.tree.map(jnp.ones_like, params)
+    n_bytes = 4 * sum(x.size for x in jax.tree.leaves(params))
+    adam = perf._opt_runner(optax.adam(1e-3), params, grads)["peak_bytes"]
+    filtered = perf._opt_runner(fo.filtered_adam(1e-3), params, grads)["peak_bytes"]
+    assert n_bytes <= filtered - adam <= n_bytes + perf.SCALAR_SLACK
+
+
+def test_orthogonality_error_of_exact_polar_factor_is_zero() -> None:
+    from benchmarks import perf
+
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(32, 16)))
+    assert perf.orthogonality_error([q])["max"] < 1e-6
+    assert abs(perf.orthogonality_error([2 * q])["max"] - 1.0) < 1e-6
