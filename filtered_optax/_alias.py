@@ -258,6 +258,9 @@ def rmsprop(
     momentum: float | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
+    *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSProp from the stages: :func:`second_moment` and :func:`rms_normalize`.
 
@@ -276,6 +279,8 @@ def rmsprop(
       momentum: optional heavy-ball momentum applied to the scaled update.
       nesterov: Nesterov form of that momentum.
       bias_correction: divide ``v`` by ``1 - decay^t``.
+      mu_dtype: storage dtype of the momentum trace (None = the parameters' dtype).
+      nu_dtype: storage dtype of ``v`` (None = the parameters' dtype); arithmetic is float32.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -290,13 +295,17 @@ def rmsprop(
     tx = with_moments(
         moments=second_moment(decay, initial_scale),
         scale=rms_normalize(eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction),
+        nu_dtype=nu_dtype,
     )
     tx = _finish(tx, learning_rate)
+    mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
     if momentum is None:
         return tx
     _validation.check_non_negative("momentum", momentum)
     # optax.rmsprop applies the momentum trace after the learning rate; keep its order.
-    return optax.chain(tx, optax.trace(decay=momentum, nesterov=nesterov))
+    return optax.chain(
+        tx, optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=mu_dtype)
+    )
 
 
 @_record.recorded
@@ -308,6 +317,8 @@ def adabelief(
     eps_root: float = 1e-16,
     *,
     nesterov: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdaBelief from the stages: :func:`belief` and :func:`normalize`.
 
@@ -322,6 +333,8 @@ def adabelief(
       eps: denominator stabilizer, >= 0.
       eps_root: added to the second moment each step, >= 0.
       nesterov: Nesterov look-ahead on the first moment.
+      mu_dtype, nu_dtype: storage dtypes of the two moments (None = the parameters');
+        arithmetic is float32.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -334,7 +347,8 @@ def adabelief(
       Zhuang et al., "AdaBelief Optimizer", arXiv:2010.07468.
     """
     return _finish(
-        with_moments(moments=belief(b1, b2, eps_root), scale=normalize(eps, nesterov=nesterov)),
+        with_moments(moments=belief(b1, b2, eps_root), scale=normalize(eps, nesterov=nesterov),
+                     mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         learning_rate,
     )
 
@@ -344,6 +358,8 @@ def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: float | None = None,
     nesterov: bool = False,
+    *,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""SGD, optionally with (Nesterov) momentum, from :func:`heavy_ball` and
     :func:`momentum_output`.
@@ -357,6 +373,7 @@ def sgd(
       learning_rate: a constant >= 0 or a schedule.
       momentum: :math:`\mu \ge 0`, or None for plain SGD (no state).
       nesterov: Nesterov look-ahead.
+      mu_dtype: storage dtype of the momentum ``m`` (None = the parameters' dtype).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -370,8 +387,10 @@ def sgd(
       learning", ICML 2013.
     """
     if momentum is None:
+        _validation.check_float_dtype("mu_dtype", mu_dtype)
         return _finish(optax.identity(), learning_rate)
     return _finish(
-        with_moments(moments=heavy_ball(momentum), scale=momentum_output(nesterov=nesterov)),
+        with_moments(moments=heavy_ball(momentum), scale=momentum_output(nesterov=nesterov),
+                     mu_dtype=mu_dtype),
         learning_rate,
     )
