@@ -515,7 +515,8 @@ def filter_stats(state: optax.OptState) -> dict[str, jax.Array] | None:
 
     Finds the (first) :class:`FilterStats` anywhere in ``state`` - inside chains,
     ``inject_hyperparams``, ``MultiSteps`` and the like, and in a Flax
-    ``nnx.Optimizer``'s ``opt_state``.
+    ``nnx.Optimizer``'s ``opt_state``. With several filters (e.g. one per branch of
+    ``optax.partition``), :func:`filtered_optax.read_stats` names each one.
 
     Args:
       state: an optimizer state.
