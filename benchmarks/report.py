@@ -118,6 +118,32 @@ def storage_section(nets: dict[str, an.Group], f32: str, bf16: str) -> str:
                           "test metric, bfloat16 storage", "Δ final val", "Δ test"], rows) + "\n"
 
 
+def write_optimizers(recs: list[Rec], path: Path) -> int:
+    """``OPTIMIZERS.md``: the resolved pipeline of every spec in the records (``fo.describe``).
+
+    The exact configuration behind each row of the report, ready for a paper's appendix. The
+    learning rate is shown as a placeholder: the tuned one is in the report's tables.
+    """
+    import filtered_optax as fo
+    from benchmarks import specs as specs_lib
+
+    texts = sorted({r["spec"] for r in recs if r["kind"] in ("net", "spike", "quad")})
+    parts = ["# Optimizer configurations\n",
+             "Every optimizer spec in `runs.jsonl`, built by `benchmarks/specs.py` and printed by "
+             "`fo.describe` (hyperparameters with defaults filled in). `learning_rate=1.0` and "
+             "`optax.scale(step_size=-1.0)` stand for the tuned rate (see REPORT.md); "
+             "`stats=True` only logs the filter's spike fraction and mean gain.\n"]
+    for text in texts:
+        try:
+            desc = fo.describe(specs_lib.build(text, 1.0))
+        except specs_lib.SpecUnavailable as e:
+            parts.append(f"## `{text}`\n\nnot available here: {e}\n")
+            continue
+        parts.append(f"## `{text}`\n\n```\n{desc}\n```\n")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return len(texts)
+
+
 def spike_section(task: str, g: an.Group, clean: an.Group) -> str:
     """Corrupt-batch results for one task."""
     rows = []
@@ -455,6 +481,9 @@ def write_report(out_dir: Path, suite: str, command: str = "",
                  f"(stated in its test column). All verdicts are computed by "
                  f"`benchmarks/analysis.py` from the records above.\n")
     parts.append(claims_table(cl) + "\n")
+    n_specs = write_optimizers(recs, out_dir / "OPTIMIZERS.md")
+    parts.append(f"The exact configuration of each of the {n_specs} optimizer specs (every stage "
+                 "and hyperparameter, from `fo.describe`): [OPTIMIZERS.md](OPTIMIZERS.md).\n")
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path, cl

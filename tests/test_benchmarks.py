@@ -274,3 +274,16 @@ def test_orthogonality_error_of_exact_polar_factor_is_zero() -> None:
     q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(32, 16)))
     assert perf.orthogonality_error([q])["max"] < 1e-6
     assert abs(perf.orthogonality_error([2 * q])["max"] - 1.0) < 1e-6
+
+
+def test_report_lists_the_resolved_configuration_of_every_spec(smoke_dir: Path) -> None:
+    text = (smoke_dir / "OPTIMIZERS.md").read_text()
+    specs = {r["spec"] for r in records.load(smoke_dir / "runs.jsonl")
+             if r["kind"] in ("net", "spike", "quad")}
+    for spec in specs:
+        assert f"## `{spec}`" in text
+    block = text.split("## `filtered_adam`")[1].split("## ")[0]
+    assert "fo.kalman_filter(eta=1.0, gamma=10.0, warmup=20" in block
+    if "sgd" in specs:  # heavy-ball SGD: the registry's momentum 0.9 reaches optax
+        assert "optax.trace(decay=0.9" in text.split("## `sgd`")[1].split("## ")[0]
+    assert "(OPTIMIZERS.md)" in (smoke_dir / "REPORT.md").read_text()
