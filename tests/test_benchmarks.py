@@ -287,3 +287,17 @@ def test_report_lists_the_resolved_configuration_of_every_spec(smoke_dir: Path) 
     if "sgd" in specs:  # heavy-ball SGD: the registry's momentum 0.9 reaches optax
         assert "optax.trace(decay=0.9" in text.split("## `sgd`")[1].split("## ")[0]
     assert "(OPTIMIZERS.md)" in (smoke_dir / "REPORT.md").read_text()
+
+
+def test_perf_cli_marks_every_target_and_rewrites_from_json(tmp_path: Path) -> None:
+    proc = _run_cli("perf", "--quick", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = [line for line in (tmp_path / "perf.md").read_text().splitlines()
+             if line.startswith("| ") and line.split("|")[1].strip() in ("1", "2", "3", "4")]
+    assert [line.split("|")[1].strip() for line in table] == ["1", "2", "3", "4"]
+    assert all(line.rstrip(" |").endswith(("**met**", "**not met**")) for line in table)
+    res = json.loads((tmp_path / "perf.json").read_text())
+    assert {"filter_cost", "muon_cost", "train_step", "command"} <= set(res)
+    (tmp_path / "perf_reading.md").write_text("## Reading\n\nhand-written analysis\n")
+    assert _run_cli("perf", "--report", "--out", str(tmp_path)).returncode == 0
+    assert "hand-written analysis" in (tmp_path / "perf.md").read_text()
