@@ -274,14 +274,20 @@ def _named_chain(name: str, cells: dict[str, Any], params: Any, depth: int) -> D
     return Description(name, (), children)
 
 
+def _tree_for(tree_or_fn: Any, params: Any) -> Any:
+    """A label or mask tree for ``params``: called if it is a function; None without params
+    or when the function fails on them (describing never fails)."""
+    if params is None:
+        return None
+    try:
+        return tree_or_fn(params) if callable(tree_or_fn) else tree_or_fn
+    except Exception:  # noqa: BLE001 - a label or mask function that fails on these params
+        return None
+
+
 def _partition(name: str, cells: dict[str, Any], params: Any, depth: int) -> Description:
     param_labels = cells.get("param_labels")
-    labels = None
-    if params is not None:
-        try:
-            labels = param_labels(params) if callable(param_labels) else param_labels
-        except Exception:  # noqa: BLE001 - a label function that fails on these params
-            labels = None
+    labels = _tree_for(param_labels, params)
     children = []
     for group, t in cells.get("transforms", {}).items():
         sub = _select(params, labels, lambda label, g=group: label == g)
@@ -297,13 +303,7 @@ def _masked(name: str, cells: dict[str, Any], params: Any, depth: int) -> Descri
     mask, inner = cells.get("mask"), cells.get("inner")
     if not _is_stage(inner):
         return Description(name)
-    tree = None
-    if params is not None:
-        try:
-            tree = mask(params) if callable(mask) else mask
-        except Exception:  # noqa: BLE001 - a mask function that fails on these params
-            tree = None
-    sub = _select(params, tree, bool)
+    sub = _select(params, _tree_for(mask, params), bool)
     child = _describe(inner, sub, depth + 1)
     if sub is not None:
         child = dataclasses.replace(child, params=_paths(sub))
