@@ -89,6 +89,13 @@ def summary(times: list[float]) -> dict[str, float]:
             "max_s": float(np.max(times))}
 
 
+def advance(r: dict[str, Any]) -> Any:
+    """One step of a runner ``{"step", "params", "state", "batch"}``: params and state are
+    replaced by the step's fresh (donated-into) buffers; returns the new params."""
+    r["params"], r["state"] = r["step"](r["params"], r["state"], r["batch"])
+    return r["params"]
+
+
 def interleave(calls: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
     """Times each call once per round, in turn, for ``reps`` rounds after one warm-up round.
 
@@ -119,7 +126,8 @@ def bench_opt_steps(n: int, reps: int, spec_texts: tuple[str, ...] = COST_SPECS,
             continue
         opt = specs_lib.build(spec, 1e-3, stats=False)
         params = jax.tree.map(jnp.copy, params0)
-        runners[text] = {"step": opt_step(opt), "params": params, "state": opt.init(params)}
+        runners[text] = {"step": opt_step(opt), "params": params, "state": opt.init(params),
+                         "batch": grads}
     p, m, v = (jax.tree.map(jnp.copy, params0) for _ in range(3))
     ref = {"p": p, "m": m, "v": v}
     del params0
@@ -128,11 +136,7 @@ def bench_opt_steps(n: int, reps: int, spec_texts: tuple[str, ...] = COST_SPECS,
         ref["p"], ref["m"], ref["v"] = ref_op(ref["p"], ref["m"], ref["v"], grads)
         return ref["p"]
 
-    def one(r):
-        r["params"], r["state"] = r["step"](r["params"], r["state"], grads)
-        return r["params"]
-
-    times = interleave({**{t: (lambda r=r: one(r)) for t, r in runners.items()},
+    times = interleave({**{t: (lambda r=r: advance(r)) for t, r in runners.items()},
                         "ref_op": run_ref}, reps)
     out = []
     for text, r in [*runners.items(), ("ref_op", ref)]:
@@ -182,13 +186,9 @@ def bench_train_step(lm_kwargs: dict[str, Any], reps: int,
 
         params = init(jax.random.key(0))
         runners[text] = {"step": jax.jit(step, donate_argnums=(0, 1)), "params": params,
-                         "state": opt.init(params)}
+                         "state": opt.init(params), "batch": tokens}
 
-    def one(r):
-        r["params"], r["state"] = r["step"](r["params"], r["state"], tokens)
-        return r["params"]
-
-    times = interleave({t: (lambda r=r: one(r)) for t, r in runners.items()}, reps)
+    times = interleave({t: (lambda r=r: advance(r)) for t, r in runners.items()}, reps)
     for t, r in runners.items():
         r["times"] = times[t]
     return [{"what": "train_step", "spec": t, "n_params": n_params, "reps": reps,

@@ -454,6 +454,13 @@ def _existing_reading(path: Path) -> str | None:
     return None
 
 
+def _grid(cfg: Any, probs: list[Any], by: dict[tuple[str, str], Any],
+          cell: Callable[[Any], str]) -> list[list[str]]:
+    """Table rows: one per optimizer, ``cell(result)`` per problem ("n/a" where not run)."""
+    return [[f"`{_short(s)}`"] + ["n/a" if (c := by.get((s, p.name))) is None else cell(c)
+                                  for p in probs] for s in cfg.specs]
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -570,30 +577,15 @@ def write_markdown(cfg: LadderConfig, cells: list[Cell], meta: dict[str, Any],
               "## Chosen learning rates", "",
               "`k` of `lr = 2**k`; `*` = on the edge of the grid (the best rate may lie "
               "outside); in brackets the tuning-seed passes at that rate.", ""]
-    rows = []
-    for s in cfg.specs:
-        row = [f"`{_short(s)}`"]
-        for p in probs:
-            c = by.get((s, p.name))
-            if c is None:
-                row.append("n/a")
-                continue
-            row.append(f"{c.lr_exps[c.chosen]}{'*' if c.on_edge else ''} "
-                       f"({c.tune_pass[c.chosen]}/{cfg.tune_seeds})")
-        rows.append(row)
-    lines += [_table(["optimizer"] + [p.name for p in probs], rows), "",
+    chosen = _grid(cfg, probs, by, lambda c: f"{c.lr_exps[c.chosen]}{'*' if c.on_edge else ''} "
+                                             f"({c.tune_pass[c.chosen]}/{cfg.tune_seeds})")
+    lines += [_table(["optimizer"] + [p.name for p in probs], chosen), "",
               "## Width of the working LR band", "",
               f"Descriptive only (not used to choose anything): how many of the {cfg.n_lr} grid "
               f"rates (×2 apart) pass on at least {BAND_FRAC:.0%} of the held-out seeds. A wide "
               "band means the result does not hinge on the tuning.", ""]
-    rows = []
-    for s in cfg.specs:
-        row = [f"`{_short(s)}`"]
-        for p in probs:
-            c = by.get((s, p.name))
-            row.append("n/a" if c is None else str(c.band))
-        rows.append(row)
-    lines += [_table(["optimizer"] + [p.name for p in probs], rows), "",
+    bands = _grid(cfg, probs, by, lambda c: str(c.band))
+    lines += [_table(["optimizer"] + [p.name for p in probs], bands), "",
               "![curves](curves.png)", "",
               "## Facts computed from the results", ""]
     lines += _facts(cfg, cells)

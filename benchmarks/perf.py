@@ -69,13 +69,8 @@ def _opt_runner(opt: optax.GradientTransformation, params0: Any, grads: Any) -> 
     step = cost.opt_step(opt)
     params = jax.tree.map(jnp.copy, params0)
     state = opt.init(params)
-    return {"step": step, "params": params, "state": state, "grads": grads,
+    return {"step": step, "params": params, "state": state, "batch": grads,
             **peak_bytes(step, params, state, grads)}
-
-
-def _advance(r: dict[str, Any]) -> Any:
-    r["params"], r["state"] = r["step"](r["params"], r["state"], r["grads"])
-    return r["params"]
 
 
 def filter_cost(n: int, reps: int) -> dict[str, Any]:
@@ -96,8 +91,8 @@ def filter_cost(n: int, reps: int) -> dict[str, Any]:
     # Past the filter's 20-step warmup, so the filter is active in every timed step.
     for r in runners.values():
         for _ in range(25):
-            _advance(r)
-    calls = {name: (lambda r=r: _advance(r)) for name, r in runners.items()}
+            cost.advance(r)
+    calls = {name: (lambda r=r: cost.advance(r)) for name, r in runners.items()}
     faults: dict[str, list[int]] = {name: [] for name in calls}
 
     def counted(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -187,8 +182,8 @@ def muon_cost(name: str, params0: Any, reps: int) -> dict[str, Any]:
         "fo.muon": _opt_runner(fo.muon(1e-3), params0, grads),
     }
     for r in runners.values():
-        _advance(r)  # compile
-    times = cost.interleave({k: (lambda r=r: _advance(r)) for k, r in runners.items()}, reps)
+        cost.advance(r)  # compile
+    times = cost.interleave({k: (lambda r=r: cost.advance(r)) for k, r in runners.items()}, reps)
     mats = _matrices(grads, specs)
     ours = jax.jit(lambda ms: [fo.newton_schulz(m, coefficients="polar_express", ns_steps=5)
                                for m in ms])(mats)
