@@ -167,6 +167,24 @@ def _pick(g: Group, names: Iterable[str]) -> str | None:
     return None
 
 
+def _vs_baselines(c: Claim, nets: dict[str, Group], spec: str,
+                  metric: Callable[[Rec], float | None], unit: str = "") -> Claim:
+    """``c`` with ``spec`` against Adam and SGD+M on every network task, each at its tuned LR,
+    paired over seeds on ``metric``."""
+    for task, g in sorted(nets.items()):
+        if spec not in g:
+            continue
+        a = tune(g[spec], net_score)
+        for base in ("adam", "sgd"):
+            if base in g:
+                b = tune(g[base], net_score)
+                o, t = _cmp(f"{task} vs {base}",
+                            paired(per_seed(a.runs, metric), per_seed(b.runs, metric)), unit)
+                c.outcomes.append(o)
+                c.evidence.append(t)
+    return c.finish()
+
+
 def claims(recs: list[Rec]) -> list[Claim]:
     """Compute every claim of SPEC section C from the records."""
     nets = group(recs, "net")
@@ -178,38 +196,17 @@ def claims(recs: list[Rec]) -> list[Claim]:
 
     # 1. faster convergence: steps to target at tuned LR, vs Adam and vs SGD+M
     for spec, mech in movers:
-        c = Claim("converges in fewer steps than Adam / SGD+M", mech,
-                  "steps to the task's fixed target at each optimizer's tuned LR", [], [])
-        for task, g in sorted(nets.items()):
-            if spec not in g:
-                continue
-            a = tune(g[spec], net_score)
-            for base in ("adam", "sgd"):
-                if base in g:
-                    b = tune(g[base], net_score)
-                    o, t = _cmp(f"{task} vs {base}", paired(per_seed(a.runs, censored_steps),
-                                                            per_seed(b.runs, censored_steps)),
-                                " steps")
-                    c.outcomes.append(o)
-                    c.evidence.append(t)
-        out.append(c.finish())
+        out.append(_vs_baselines(
+            Claim("converges in fewer steps than Adam / SGD+M", mech,
+                  "steps to the task's fixed target at each optimizer's tuned LR", [], []),
+            nets, spec, censored_steps, " steps"))
 
     # 2. generalization: test metric at equal budget
     for spec, mech in movers:
-        c = Claim("generalizes better", mech,
-                  "test loss (LM) / test error (classifiers) at tuned LR, equal steps", [], [])
-        for task, g in sorted(nets.items()):
-            if spec not in g:
-                continue
-            a = tune(g[spec], net_score)
-            for base in ("adam", "sgd"):
-                if base in g:
-                    b = tune(g[base], net_score)
-                    o, t = _cmp(f"{task} vs {base}", paired(per_seed(a.runs, test_score),
-                                                            per_seed(b.runs, test_score)))
-                    c.outcomes.append(o)
-                    c.evidence.append(t)
-        out.append(c.finish())
+        out.append(_vs_baselines(
+            Claim("generalizes better", mech,
+                  "test loss (LM) / test error (classifiers) at tuned LR, equal steps", [], []),
+            nets, spec, test_score))
 
     # 3. robustness to noise and spikes (gamma clip)
     c = Claim("robust to noise and gradient spikes", "γ clip (filtered_adam defaults)",
