@@ -1,34 +1,47 @@
 """Offline data loaders for the benchmark tasks. Nothing here downloads anything.
 
+tinyshakespeare and MNIST-1D ship in ``benchmarks/data/`` (sources, licenses and hashes in
+``benchmarks/data/SOURCES.md``) and are checked against their sha256 on every load.
+Fashion-MNIST is optional: it is read from the Debian package ``dataset-fashion-mnist`` or a
+directory given on the command line, and its task is skipped out loud when it is missing.
+
 Every loader returns plain NumPy arrays plus a short ``data_id`` string (name + content hash)
-that is written into every result line, so results from different data never mix on resume.
+that is written into every result line, so results from different data never mix on resume
+and a report can say when a task ran on other data than the shipped default.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import lzma
 import os
 import struct
-import sys
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_MNIST1D = SHARED_DATA / "mnist1d_5000.npz"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+TINYSHAKESPEARE = DATA_DIR / "tinyshakespeare.txt.xz"
+MNIST1D = DATA_DIR / "mnist1d_5000.npz"
+# sha256 of the uncompressed text / of the .npz file, as listed in benchmarks/data/SOURCES.md.
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+MNIST1D_SHA256 = "1d09005a748f9e244f467fe3ca912d5a177413743e631dd26caeaf00bf8ca08e"
 FASHION_DIRS = (
     Path("/usr/share/datasets/fashion-mnist"),
     Path("/usr/share/fashion-mnist"),
     Path("/usr/share/dataset-fashion-mnist"),
 )
+FASHION_HINT = (
+    "install the Debian package `dataset-fashion-mnist` "
+    "(apt-get install dataset-fashion-mnist), or pass --fashion DIR"
+)
 
 
 class DataUnavailable(RuntimeError):
-    """Raised when a task's data cannot be found or built offline; the task is then skipped."""
+    """Raised when a task's data cannot be found offline; the task is then skipped."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,33 @@ def _sha(data: bytes, n: int = 12) -> str:
     return hashlib.sha256(data).hexdigest()[:n]
 
 
+def _checked(raw: bytes, expected_sha256: str, what: Path) -> bytes:
+    """``raw`` if its sha256 is ``expected_sha256``; a shipped file that changed is an error."""
+    got = hashlib.sha256(raw).hexdigest()
+    if got != expected_sha256:
+        raise ValueError(
+            f"{what}: sha256 {got} differs from the expected {expected_sha256} "
+            "(see benchmarks/data/SOURCES.md); the shipped file is damaged or was replaced"
+        )
+    return raw
+
+
+# The ids the shipped files produce; a record with another data_id ran on other data.
+SHIPPED_DATA_IDS = {
+    "lm": f"tinyshakespeare.txt-{TINYSHAKESPEARE_SHA256[:12]}",
+    "mnist1d": f"mnist1d-{MNIST1D_SHA256[:12]}",
+}
+
+
+def shipped_data_id(task: str) -> str | None:
+    """The data_id a task has on the shipped data (None for a task whose data is optional)."""
+    if task == "lm":
+        return SHIPPED_DATA_IDS["lm"]
+    if task.startswith("mnist1d"):
+        return SHIPPED_DATA_IDS["mnist1d"]
+    return None
+
+
 def split_text(text: str, vocab: tuple[str, ...] | None = None) -> tuple[np.ndarray, ...]:
     """Encode ``text`` with a sorted character vocabulary; split 90 / 5 / 5 %."""
     vocab = vocab or tuple(sorted(set(text)))
@@ -70,36 +110,18 @@ def split_text(text: str, vocab: tuple[str, ...] | None = None) -> tuple[np.ndar
     return ids[:a], ids[a:b], ids[b:], vocab
 
 
-def stdlib_corpus(max_chars: int = 1_200_000) -> tuple[str, str]:
-    """Build a text corpus from the Python standard library's own ``.py`` files.
-
-    Files are taken from the top level of the stdlib directory in sorted order (deterministic
-    for a given Python build), non-ASCII characters are replaced by ``?``. Returns the text and
-    an id hashing the Python version, the file list and the text.
-    """
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.glob("*.py") if p.is_file())
-    if not files:
-        raise DataUnavailable(f"no .py files found under {root}")
-    parts, names, total = [], [], 0
-    for path in files:
-        raw = path.read_text(encoding="utf-8", errors="replace")
-        text = "".join(c if (32 <= ord(c) < 127 or c == "\n") else "?" for c in raw)
-        parts.append(text)
-        names.append(path.name)
-        total += len(text)
-        if total >= max_chars:
-            break
-    text = "".join(parts)[:max_chars]
-    file_hash = _sha("\n".join(names).encode())
-    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    return text, f"stdlib-py{version}-{len(names)}files-{file_hash}-{_sha(text.encode(), 8)}"
+def read_tinyshakespeare() -> str:
+    """The shipped tinyshakespeare text, checked against its sha256."""
+    raw = _checked(lzma.decompress(TINYSHAKESPEARE.read_bytes()), TINYSHAKESPEARE_SHA256,
+                   TINYSHAKESPEARE)
+    return raw.decode("utf-8")
 
 
-def load_text(path: str | os.PathLike | None) -> TextData:
-    """Load a character corpus from ``path``, or build the standard-library corpus."""
+def load_text(path: str | os.PathLike | None = None) -> TextData:
+    """Load a character corpus: the shipped tinyshakespeare, or the UTF-8 text at ``path``."""
     if path is None:
-        text, data_id = stdlib_corpus()
+        text = read_tinyshakespeare()
+        data_id = SHIPPED_DATA_IDS["lm"]
     else:
         p = Path(path)
         if not p.is_file():
@@ -111,35 +133,29 @@ def load_text(path: str | os.PathLike | None) -> TextData:
     return TextData(train, val, test, vocab, data_id)
 
 
-def _make_mnist1d() -> dict[str, np.ndarray]:
-    """Generate MNIST-1D offline with the ``mnist1d`` package (if installed)."""
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset  # type: ignore
-    except ImportError as e:
-        raise DataUnavailable(
-            "MNIST-1D file not found and the `mnist1d` package is not installed"
-        ) from e
-    d = make_dataset(get_dataset_args())
-    return {k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")}
+def read_mnist1d(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Arrays ``x, y, x_test, y_test`` of frozen MNIST-1D (shipped file checked by sha256)."""
+    p = Path(path) if path is not None else MNIST1D
+    if not p.is_file():
+        raise DataUnavailable(f"MNIST-1D file {p} not found")
+    raw = p.read_bytes()
+    if path is None:
+        _checked(raw, MNIST1D_SHA256, p)
+    with np.load(io.BytesIO(raw)) as z:
+        arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+    arrays["data_id"] = np.asarray(f"mnist1d-{_sha(raw)}")
+    return arrays
 
 
 def load_mnist1d(path: str | os.PathLike | None = None, n_val: int = 500) -> ClassData:
     """Load frozen MNIST-1D (4000 train / 1000 test); the last ``n_val`` train rows are val."""
-    p = Path(path) if path is not None else DEFAULT_MNIST1D
-    if p.is_file():
-        z = np.load(p)
-        arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
-        data_id = f"mnist1d-{_sha(p.read_bytes())}"
-    elif path is not None:
-        raise DataUnavailable(f"MNIST-1D file {p} not found")
-    else:
-        arrays = _make_mnist1d()
-        data_id = "mnist1d-generated-" + _sha(arrays["x"].tobytes())
+    arrays = read_mnist1d(path)
     x = arrays["x"].astype(np.float32)
     y = arrays["y"].astype(np.int32)
     return ClassData(
         x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:],
-        arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int32), 10, data_id,
+        arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int32), 10,
+        str(arrays["data_id"]),
     )
 
 
@@ -161,9 +177,7 @@ def find_fashion_dir(extra: str | os.PathLike | None = None) -> Path:
     for d in candidates:
         if any(d.glob("train-images-idx3-ubyte*")):
             return d
-    raise DataUnavailable(
-        "Fashion-MNIST IDX files not found (install the Debian package `dataset-fashion-mnist`)"
-    )
+    raise DataUnavailable(f"Fashion-MNIST not found — {FASHION_HINT}")
 
 
 def load_fashion(directory: str | os.PathLike | None = None, n_val: int = 5000) -> ClassData:

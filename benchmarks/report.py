@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import analysis as an  # noqa: E402
+from benchmarks import data as data_lib  # noqa: E402
 from benchmarks import metrics as metrics_lib  # noqa: E402
 from benchmarks import records  # noqa: E402
 from benchmarks.quadratic import VARIANTS  # noqa: E402
@@ -75,7 +76,8 @@ def net_section(task: str, g: an.Group) -> tuple[str, dict[str, an.Tuned]]:
         ])
     cfg = r0["task_config"]
     head = (f"### {task}\n\n{r0['n_params']:,} parameters, {r0['steps']} steps, "
-            f"{len(base.runs) if base else len(r0)} seeds, data `{r0['data_id']}`, "
+            f"{len(base.runs) if base else len(r0)} seeds, data `{r0['data_id']}`"
+            f"{data_note(task, r0['data_id'])}, "
             f"config `{cfg}`.\nTarget (fixed in code): {metric} "
             f"{'≥' if r0['higher_better'] else '≤'} {r0['target']}. LR tuned on {metric}.\n"
             f"Δ columns: paired difference (optimizer − adam) over seeds, mean [95 % t-CI]; "
@@ -86,6 +88,24 @@ def net_section(task: str, g: an.Group) -> tuple[str, dict[str, an.Tuned]]:
                     "steps to target (median, reached)", "Δ steps vs adam", "Δ test vs adam",
                     "loss spikes", "diverged"], rows)
     return head + table + "\n", tuned
+
+
+def data_note(task: str, data_id: str) -> str:
+    """A warning when a task ran on other data than the shipped default, else ''."""
+    shipped = data_lib.shipped_data_id(task)
+    if shipped is None or shipped == data_id:
+        return ""
+    return (f" (**not the shipped data** `{shipped}`: not comparable with the committed "
+            "report)")
+
+
+def data_lines(recs: list[dict]) -> list[str]:
+    """One line per task: the data its records ran on."""
+    seen = {}
+    for r in recs:
+        if "data_id" in r and r["kind"] in ("net", "spike"):
+            seen.setdefault(r["task"], r["data_id"])
+    return [f"- {task}: `{d}`{data_note(task, d)}" for task, d in sorted(seen.items())]
 
 
 def storage_section(nets: dict[str, an.Group], f32: str, bf16: str) -> str:
@@ -415,6 +435,10 @@ def write_report(out_dir: Path, suite: str, command: str = "",
                          f"({extra['total_s']:.0f} s); the cost tables use the latest cost "
                          f"record of each (size, optimizer)")
         parts.append("")
+    if data_lines(recs):
+        parts.append("Data (name and sha256 prefix; shipped files are listed in "
+                     "`benchmarks/data/SOURCES.md`):\n")
+        parts.extend(data_lines(recs) + [""])
     for n in notes:
         parts.append(f"Note: {n}\n")
     parts.append("Protocol: learning rates on the lattice 2^k (×2 steps) for every optimizer; "

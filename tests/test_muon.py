@@ -16,6 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
+from benchmarks.data import read_tinyshakespeare
 from filtered_optax._muon import (
     MatrixSpec,
     MuonState,
@@ -28,8 +29,7 @@ from filtered_optax._muon import (
 from filtered_optax._orthogonal import newton_schulz
 
 TESTS = pathlib.Path(__file__).parent
-# The data folder lies beside the repository (see README, "Data").
-DATA = TESTS.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
+
 
 
 def _rand_tree(tree, rng, dtype=jnp.float32):
@@ -375,10 +375,9 @@ def test_sharded_step_matches_single_device_without_collectives():
 # Flax NNX training on real text
 
 
-@pytest.mark.skipif(not DATA.exists(), reason="tinyshakespeare.txt not available")
 def test_nnx_transformer_trains_on_tinyshakespeare():
     start = time.perf_counter()
-    text = DATA.read_bytes()[:50_000].decode("utf-8", errors="ignore")
+    text = read_tinyshakespeare()[:50_000]
     chars = sorted(set(text))
     ids = np.array([chars.index(c) for c in text], np.int32)
     seq, batch = 32, 16
