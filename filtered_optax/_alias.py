@@ -8,7 +8,6 @@ comparison table are rebuilt from the same stages and equal optax's own step for
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import optax
@@ -17,12 +16,10 @@ from filtered_optax import _record, _validation
 from filtered_optax._filters import kalman_filter
 from filtered_optax._moments import belief, ema, heavy_ball, second_moment, with_moments
 from filtered_optax._scaling import momentum_output, normalize, rms_normalize
-
-ScalarOrSchedule = float | Callable[[Any], Any]
-MaskOrFn = Any
+from filtered_optax._types import MaskOrFn, ScalarOrSchedule
 
 
-def _finish(
+def with_learning_rate(
     tx: optax.GradientTransformation,
     learning_rate: ScalarOrSchedule,
     weight_decay: float | None = None,
@@ -91,10 +88,10 @@ def filtered_adam(
       >>> params = optax.apply_updates(params, updates)
 
     References:
-      Kingma & Ba, arXiv:1412.6980 (Adam); SPEC section A (the filter).
+      Kingma & Ba, arXiv:1412.6980 (Adam); README, "The filter" (the filter).
     """
     _validation.check_non_negative("eps", eps)
-    return _finish(
+    return with_learning_rate(
         with_moments(
             filter=kalman_filter(eta, gamma, warmup, kappa, stats=stats),
             moments=ema(b1, b2),
@@ -145,7 +142,7 @@ def filtered_adamw(
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
     _validation.check_non_negative("eps", eps)
-    return _finish(
+    return with_learning_rate(
         with_moments(
             filter=kalman_filter(eta, gamma, warmup, kappa, stats=stats),
             moments=ema(b1, b2),
@@ -196,7 +193,7 @@ def adam(
     References:
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", arXiv:1412.6980.
     """
-    return _finish(
+    return with_learning_rate(
         with_moments(moments=ema(b1, b2), scale=normalize(eps, eps_root, nesterov=nesterov),
                      mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         learning_rate,
@@ -239,7 +236,7 @@ def adamw(
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
-    return _finish(
+    return with_learning_rate(
         with_moments(moments=ema(b1, b2), scale=normalize(eps, eps_root, nesterov=nesterov),
                      mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         learning_rate,
@@ -297,7 +294,7 @@ def rmsprop(
         scale=rms_normalize(eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction),
         nu_dtype=nu_dtype,
     )
-    tx = _finish(tx, learning_rate)
+    tx = with_learning_rate(tx, learning_rate)
     mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
     if momentum is None:
         return tx
@@ -346,7 +343,7 @@ def adabelief(
     References:
       Zhuang et al., "AdaBelief Optimizer", arXiv:2010.07468.
     """
-    return _finish(
+    return with_learning_rate(
         with_moments(moments=belief(b1, b2, eps_root), scale=normalize(eps, nesterov=nesterov),
                      mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         learning_rate,
@@ -388,8 +385,8 @@ def sgd(
     """
     if momentum is None:
         _validation.check_float_dtype("mu_dtype", mu_dtype)
-        return _finish(optax.identity(), learning_rate)
-    return _finish(
+        return with_learning_rate(optax.identity(), learning_rate)
+    return with_learning_rate(
         with_moments(moments=heavy_ball(momentum), scale=momentum_output(nesterov=nesterov),
                      mu_dtype=mu_dtype),
         learning_rate,
