@@ -18,8 +18,8 @@ from flax import nnx
 
 from filtered_optax import MatrixSpec, WithMomentsState
 from filtered_optax._muon import muon, scale_by_muon
-from filtered_optax._routing import muon_labels, muon_specs, routing_table
 from filtered_optax._orthogonal import newton_schulz
+from filtered_optax._routing import muon_labels, muon_specs, routing_table
 
 TESTS = pathlib.Path(__file__).parent
 # The data folder lies beside the repository (see README, "Data").
