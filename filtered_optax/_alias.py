@@ -35,6 +35,21 @@ def with_learning_rate(
     return optax.chain(*stages)
 
 
+def _kalman_adam(
+    b1: Any, b2: Any, eps: Any, kalman: tuple[Any, ...], mu_dtype: Any, nu_dtype: Any, stats: bool
+) -> optax.GradientTransformationExtraArgs:
+    """``with_moments(kalman_filter(*kalman), ema(b1, b2), normalize(eps))``: the filtered
+    Adam family's stage before weight decay and the learning rate."""
+    _validation.check_non_negative("eps", eps)
+    return with_moments(
+        filter=kalman_filter(*kalman, stats=stats),
+        moments=ema(b1, b2),
+        scale=normalize(eps),
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
+
+
 @_record.recorded
 def filtered_adam(
     learning_rate: ScalarOrSchedule,
@@ -90,17 +105,8 @@ def filtered_adam(
     References:
       Kingma & Ba, arXiv:1412.6980 (Adam); README, "The filter" (the filter).
     """
-    _validation.check_non_negative("eps", eps)
-    return with_learning_rate(
-        with_moments(
-            filter=kalman_filter(eta, gamma, warmup, kappa, stats=stats),
-            moments=ema(b1, b2),
-            scale=normalize(eps),
-            mu_dtype=mu_dtype,
-            nu_dtype=nu_dtype,
-        ),
-        learning_rate,
-    )
+    stage = _kalman_adam(b1, b2, eps, (eta, gamma, warmup, kappa), mu_dtype, nu_dtype, stats)
+    return with_learning_rate(stage, learning_rate)
 
 
 @_record.recorded
@@ -141,19 +147,8 @@ def filtered_adamw(
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
-    _validation.check_non_negative("eps", eps)
-    return with_learning_rate(
-        with_moments(
-            filter=kalman_filter(eta, gamma, warmup, kappa, stats=stats),
-            moments=ema(b1, b2),
-            scale=normalize(eps),
-            mu_dtype=mu_dtype,
-            nu_dtype=nu_dtype,
-        ),
-        learning_rate,
-        weight_decay,
-        mask,
-    )
+    stage = _kalman_adam(b1, b2, eps, (eta, gamma, warmup, kappa), mu_dtype, nu_dtype, stats)
+    return with_learning_rate(stage, learning_rate, weight_decay, mask)
 
 
 @_record.recorded
