@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     last.write_text(json.dumps(meta, indent=1))
     path, claims = report.write_report(out, suite.name, meta["command"], meta["info"],
                                        suite.notes)
-    print("\nClaims (SPEC section C), computed from the records:\n")
+    print("\nClaims (README, \"Benchmarks: what is true of the claims\"), "
+          "computed from the records:\n")
     print(report.claims_text(claims))
     print(f"\nwrote {path} and plots in {out} ({time.perf_counter() - t0:.0f} s total)")
     return 0
