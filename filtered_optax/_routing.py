@@ -318,11 +318,11 @@ class RoutingTable(tuple):
     """The rows of :func:`routing_table`: a sequence of :class:`RouteRow` that prints as a
     table (``str``), and shows as an HTML table in notebooks (``_repr_html_``)."""
 
-    def _cells(self) -> list[tuple[str, ...]]:
+    def _text_rows(self) -> list[tuple[str, ...]]:
         return [tuple(str(c) for c in r) for r in [_HEADERS, *self]]
 
     def __str__(self) -> str:
-        cells = self._cells()
+        cells = self._text_rows()
         widths = [max(len(r[i]) for r in cells) for i in range(len(_HEADERS))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
         return "\n".join(lines)
@@ -330,7 +330,7 @@ class RoutingTable(tuple):
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        head, *body = self._cells()
+        head, *body = self._text_rows()
         row = "<tr>" + "<td>{}</td>" * len(head) + "</tr>"
         parts = ["<table>", "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
         parts += [row.format(*(html.escape(c) for c in r)) for r in body]
