@@ -59,8 +59,9 @@ from filtered_optax._types import (
 )
 
 
-def _direction(g: jax.Array, m: jax.Array, beta: Any, t: jax.Array, nesterov: bool,
-               bias_correction: bool) -> jax.Array:
+def _direction(
+    g: jax.Array, m: jax.Array, beta: Any, t: jax.Array, nesterov: bool, bias_correction: bool
+) -> jax.Array:
     r"""The matrix Newton–Schulz orthogonalizes, from the gradient and the new momentum.
 
     .. math::
@@ -414,8 +415,16 @@ def muon(
     _validation.check_non_negative("adam_eps", adam_eps)
     if adam_weight_decay is not None:
         _validation.check_non_negative("adam_weight_decay", adam_weight_decay)
-    routing = as_routing(None, dict(labels=labels, stacked=stacked, per_head=per_head,
-                                    head_names=head_names, embed_names=embed_names))
+    routing = as_routing(
+        None,
+        dict(
+            labels=labels,
+            stacked=stacked,
+            per_head=per_head,
+            head_names=head_names,
+            embed_names=embed_names,
+        ),
+    )
 
     def route(names: PathNames, shape: Shape) -> MatrixSpec | None:
         return resolve(names, shape, routing)

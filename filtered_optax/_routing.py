@@ -104,9 +104,7 @@ def as_routing(routing: Routing | None, keywords: dict[str, Any]) -> Routing:
             f"{list(Routing._fields)}."
         )
     if routing is not None and keywords:
-        raise TypeError(
-            f"give either routing= or the keywords {sorted(keywords)}, not both."
-        )
+        raise TypeError(f"give either routing= or the keywords {sorted(keywords)}, not both.")
     if routing is not None and not isinstance(routing, Routing):
         raise TypeError(f"routing must be a fo.Routing or None; got {type(routing).__name__}.")
     return (routing or Routing(**keywords)).normalized()

@@ -100,9 +100,7 @@ def test_float64_muon_meta_gradient_matches_finite_differences(filter_gamma):
         rng = np.random.default_rng(2)
         params = {"w": jnp.asarray(rng.standard_normal((6, 10)), jnp.float64)}
         target = jnp.asarray(rng.standard_normal((6, 10)), jnp.float64)
-        tx = fo.scale_by_muon(
-            compute_dtype=jnp.float64, filter_gamma=filter_gamma, filter_warmup=1
-        )
+        tx = fo.scale_by_muon(compute_dtype=jnp.float64, filter_gamma=filter_gamma, filter_warmup=1)
         state = tx.init(params)
         u, state = tx.update(params, state)
         assert u["w"].dtype == state.mu["w"].dtype == jnp.float64

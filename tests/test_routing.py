@@ -50,14 +50,16 @@ def test_print_table_keyword_still_prints(capsys):
 
 def test_routing_value_equals_the_keywords():
     rule = lambda names, shape: "adam" if names[0] == "layers" else None  # noqa: E731
-    for kw in ({"stacked": ("layers",)}, {"stacked": "layers", "per_head": True},
-               {"labels": rule}, {"head_names": ("HEAD",), "embed_names": ()}):
+    for kw in (
+        {"stacked": ("layers",)},
+        {"stacked": "layers", "per_head": True},
+        {"labels": rule},
+        {"head_names": ("HEAD",), "embed_names": ()},
+    ):
         routing = fo.Routing(**kw)
         assert fo.muon_labels(PARAMS, routing=routing) == fo.muon_labels(PARAMS, **kw)
         assert fo.muon_specs(PARAMS, routing=routing) == fo.muon_specs(PARAMS, **kw)
-        assert str(fo.routing_table(PARAMS, routing=routing)) == str(
-            fo.routing_table(PARAMS, **kw)
-        )
+        assert str(fo.routing_table(PARAMS, routing=routing)) == str(fo.routing_table(PARAMS, **kw))
 
 
 def test_stacked_routing_reaches_muon_one_matrix_per_layer():
