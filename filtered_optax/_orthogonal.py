@@ -21,6 +21,11 @@ A user may also pass one ``(a, b, c)`` triple (repeated) or a sequence of triple
 step). Everything here is a pure function of arrays; leading dimensions are batch dimensions,
 so same-shape matrices can be stacked and orthogonalized in one call.
 
+Muon's update of a whole tree goes through one function, :func:`orthogonalize_tree`: it views
+each leaf as matrices, groups same-shape matrices into batched calls, handles explicit
+sharding, and multiplies each result by its update scale (:func:`update_scale`, the one
+function that also gives :func:`filtered_optax.routing_table` its scale column).
+
 References:
     Jordan, "Muon: An optimizer for hidden layers in neural networks", 2024,
     https://kellerjordan.github.io/posts/muon/ (and github.com/KellerJordan/Muon).
