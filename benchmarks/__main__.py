@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     path, claims = report.write_report(out, suite.name, meta["command"], meta["info"],
                                        suite.notes)
     print(run_summary(out, suite.name, meta["info"]))
-    print("\nClaims (the README's claims table), computed from the records:\n")
+    print("\nClaims (README, \"Benchmarks: what is true of the claims\"), "
+          "computed from the records:\n")
     print(report.claims_text(claims))
     print(f"\nwrote {path} and plots in {out} ({time.perf_counter() - t0:.0f} s total)")
     return 0

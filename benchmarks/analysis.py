@@ -186,7 +186,7 @@ def _vs_baselines(c: Claim, nets: dict[str, Group], spec: str,
 
 
 def claims(recs: list[Rec]) -> list[Claim]:
-    """Compute every claim of SPEC section C from the records."""
+    """Compute every claim (README, "Benchmarks: what is true of the claims") from the records."""
     nets = group(recs, "net")
     spikes = group(recs, "spike")
     quads = group(recs, "quad")

@@ -500,7 +500,7 @@ def write_report(out_dir: Path, suite: str, command: str = "",
     parts.append("## Cost\n")
     parts.append(cost_section(recs))
     cl = an.claims(recs)
-    parts.append("## Claims (SPEC section C)\n")
+    parts.append("## Claims (README, \"Benchmarks: what is true of the claims\")\n")
     parts.append(f"Verdict rule: {an.stats.VERDICT_RULE}. The cost row has its own rule "
                  f"(stated in its test column). All verdicts are computed by "
                  f"`benchmarks/analysis.py` from the records above.\n")

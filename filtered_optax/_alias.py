@@ -8,7 +8,6 @@ comparison table are rebuilt from the same stages and equal optax's own step for
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import optax
@@ -17,12 +16,10 @@ from filtered_optax import _record, _validation
 from filtered_optax._filters import kalman_filter
 from filtered_optax._moments import belief, ema, heavy_ball, second_moment, with_moments
 from filtered_optax._scaling import momentum_output, normalize, rms_normalize
-
-ScalarOrSchedule = float | Callable[[Any], Any]
-MaskOrFn = Any
+from filtered_optax._types import MaskOrFn, ScalarOrSchedule
 
 
-def _finish(
+def with_learning_rate(
     tx: optax.GradientTransformation,
     learning_rate: ScalarOrSchedule,
     weight_decay: float | None = None,
@@ -36,6 +33,21 @@ def _finish(
         stages.append(optax.add_decayed_weights(weight_decay, mask))
     stages.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*stages)
+
+
+def _kalman_adam(
+    b1: Any, b2: Any, eps: Any, kalman: tuple[Any, ...], mu_dtype: Any, nu_dtype: Any, stats: bool
+) -> optax.GradientTransformationExtraArgs:
+    """``with_moments(kalman_filter(*kalman), ema(b1, b2), normalize(eps))``: the filtered
+    Adam family's stage before weight decay and the learning rate."""
+    _validation.check_non_negative("eps", eps)
+    return with_moments(
+        filter=kalman_filter(*kalman, stats=stats),
+        moments=ema(b1, b2),
+        scale=normalize(eps),
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
 
 
 @_record.recorded
@@ -91,19 +103,10 @@ def filtered_adam(
       >>> params = optax.apply_updates(params, updates)
 
     References:
-      Kingma & Ba, arXiv:1412.6980 (Adam); SPEC section A (the filter).
+      Kingma & Ba, arXiv:1412.6980 (Adam); README, "The filter" (the filter).
     """
-    _validation.check_non_negative("eps", eps)
-    return _finish(
-        with_moments(
-            filter=kalman_filter(eta, gamma, warmup, kappa, stats=stats),
-            moments=ema(b1, b2),
-            scale=normalize(eps),
-            mu_dtype=mu_dtype,
-            nu_dtype=nu_dtype,
-        ),
-        learning_rate,
-    )
+    stage = _kalman_adam(b1, b2, eps, (eta, gamma, warmup, kappa), mu_dtype, nu_dtype, stats)
+    return with_learning_rate(stage, learning_rate)
 
 
 @_record.recorded
@@ -144,19 +147,8 @@ def filtered_adamw(
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
-    _validation.check_non_negative("eps", eps)
-    return _finish(
-        with_moments(
-            filter=kalman_filter(eta, gamma, warmup, kappa, stats=stats),
-            moments=ema(b1, b2),
-            scale=normalize(eps),
-            mu_dtype=mu_dtype,
-            nu_dtype=nu_dtype,
-        ),
-        learning_rate,
-        weight_decay,
-        mask,
-    )
+    stage = _kalman_adam(b1, b2, eps, (eta, gamma, warmup, kappa), mu_dtype, nu_dtype, stats)
+    return with_learning_rate(stage, learning_rate, weight_decay, mask)
 
 
 @_record.recorded
@@ -196,7 +188,7 @@ def adam(
     References:
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", arXiv:1412.6980.
     """
-    return _finish(
+    return with_learning_rate(
         with_moments(moments=ema(b1, b2), scale=normalize(eps, eps_root, nesterov=nesterov),
                      mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         learning_rate,
@@ -239,7 +231,7 @@ def adamw(
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
-    return _finish(
+    return with_learning_rate(
         with_moments(moments=ema(b1, b2), scale=normalize(eps, eps_root, nesterov=nesterov),
                      mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         learning_rate,
@@ -297,7 +289,7 @@ def rmsprop(
         scale=rms_normalize(eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction),
         nu_dtype=nu_dtype,
     )
-    tx = _finish(tx, learning_rate)
+    tx = with_learning_rate(tx, learning_rate)
     mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
     if momentum is None:
         return tx
@@ -346,7 +338,7 @@ def adabelief(
     References:
       Zhuang et al., "AdaBelief Optimizer", arXiv:2010.07468.
     """
-    return _finish(
+    return with_learning_rate(
         with_moments(moments=belief(b1, b2, eps_root), scale=normalize(eps, nesterov=nesterov),
                      mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         learning_rate,
@@ -388,8 +380,8 @@ def sgd(
     """
     if momentum is None:
         _validation.check_float_dtype("mu_dtype", mu_dtype)
-        return _finish(optax.identity(), learning_rate)
-    return _finish(
+        return with_learning_rate(optax.identity(), learning_rate)
+    return with_learning_rate(
         with_moments(moments=heavy_ball(momentum), scale=momentum_output(nesterov=nesterov),
                      mu_dtype=mu_dtype),
         learning_rate,

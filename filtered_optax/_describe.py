@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from filtered_optax import _record
-from filtered_optax._muon import path_names
+from filtered_optax._paths import path_text
 
 # Hyperparameter values are JSON-ready: None, bool, int, float, str, or tuples of them.
 Value = Any
@@ -209,7 +209,8 @@ def _from_record(tx: Any, rec: _record.Record, params: Any, depth: int) -> Descr
             hyperparams.append((key, _value(value)))
     if not children:  # an alias: show the pipeline it built below it
         built = _from_closures(tx, params, depth)
-        if built.name == "optax.chain":
+        # A chain shows its members; fo.with_moments (fo.scale_by_muon) its three stages.
+        if built.name in ("optax.chain", "fo.with_moments"):
             children = list(built.children)
         elif built.children:
             children = [("", built)]
@@ -357,7 +358,7 @@ def _select(params: Any, labels: Any, keep: Callable[[Any], bool]) -> Any:
 
 def _paths(params: Any) -> tuple[str, ...]:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return tuple("/".join(path_names(path)) or "<root>" for path, _ in leaves)
+    return tuple(path_text(path) for path, _ in leaves)
 
 
 def _buffers(tx: Any, params: Any) -> tuple[tuple[str, str], ...]:

@@ -24,38 +24,11 @@ import jax.numpy as jnp
 import optax
 
 from filtered_optax import _record, _validation
-from filtered_optax._moments import Moments
+from filtered_optax._types import FilterResult, FilterStats, Moments
 
 # rho_c is capped below 1 so that 1 / (1 - rho_c), which turns the spread of the EMA
 # into the noise variance, stays finite on the first step (where rho_1 == 1 exactly).
 _MAX_RHO = 0.9999
-
-
-class FilterResult(NamedTuple):
-    """What a filter's math returns for one array.
-
-    Attributes:
-      filtered: the filtered gradient, in the gradient's dtype.
-      is_spike: bool array, True where the element was clipped as a spike.
-      gain: float32 effective gain ``(g~ - m_hat) / (g - m_hat)``: 1 where the gradient
-        passes unchanged, ``K`` where it is smoothed, below 1 where it is clipped.
-    """
-
-    filtered: jax.Array
-    is_spike: jax.Array
-    gain: jax.Array
-
-
-class FilterStats(NamedTuple):
-    """Scalar per-step statistics a filter stage keeps when ``stats=True``.
-
-    Attributes:
-      spike_fraction: fraction of all gradient elements clipped as spikes this step.
-      mean_gain: mean effective gain over all elements (1 = nothing changed).
-    """
-
-    spike_fraction: jax.Array
-    mean_gain: jax.Array
 
 
 class _Prior(NamedTuple):
@@ -108,7 +81,7 @@ def _clip_to(prior: _Prior, is_spike, threshold, unit) -> jax.Array:
     return prior.m_hat + jnp.sign(prior.innovation) * jnp.where(is_spike, threshold, 0.0) * unit
 
 
-def _finish(g, prior: _Prior, filtered, is_spike) -> FilterResult:
+def _filter_result(g, prior: _Prior, filtered, is_spike) -> FilterResult:
     """Casts back to the gradient dtype and derives the gain.
 
     ``filtered`` must already equal ``g`` and ``is_spike`` be False where the gate is
@@ -139,7 +112,7 @@ def kalman_filter_math(
     warmup: int = 20,
     kappa: float = 1e-2,
 ) -> FilterResult:
-    r"""The robust Kalman innovation filter on one array (SPEC section A).
+    r"""The robust Kalman innovation filter on one array (README, "The filter").
 
     With :math:`\hat m, \hat v` the bias-corrected previous moments, :math:`s=\sqrt{\hat v}`,
     :math:`d = g - \hat m` and
@@ -196,7 +169,7 @@ def kalman_filter_math(
         gain = jnp.where(d2 > 0, jnp.maximum(eta, 1 - sigma2 / jnp.where(d2 > 0, d2, 1.0)), 1.0)
         smoothed = prior.g - (1 - gain) * d
     filtered = jnp.where(is_spike, _clip_to(prior, is_spike, gamma, prior.scale), smoothed)
-    return _finish(g, prior, filtered, is_spike)
+    return _filter_result(g, prior, filtered, is_spike)
 
 
 def spam_filter_math(g, m, v, count, *, b1, b2, threshold=5000.0, warmup=0) -> FilterResult:
@@ -218,7 +191,7 @@ def spam_filter_math(g, m, v, count, *, b1, b2, threshold=5000.0, warmup=0) -> F
     bound = jnp.sqrt(threshold * v_raw)
     is_spike = prior.acts & (jnp.abs(prior.g) > bound)
     filtered = jnp.where(is_spike, jnp.sign(prior.g) * bound, prior.g)
-    return _finish(g, prior, filtered, is_spike)
+    return _filter_result(g, prior, filtered, is_spike)
 
 
 def zscore_filter_math(
@@ -235,7 +208,7 @@ def zscore_filter_math(
     sigma = jnp.sqrt(_noise_variance(prior, b1, kappa))
     is_spike = jnp.abs(prior.innovation) > gamma * sigma
     filtered = jnp.where(is_spike, _clip_to(prior, is_spike, gamma, sigma), prior.g)
-    return _finish(g, prior, filtered, is_spike)
+    return _filter_result(g, prior, filtered, is_spike)
 
 
 def soft_clip_filter_math(g, m, v, count, *, b1, b2, gamma=10.0, warmup=20) -> FilterResult:
@@ -259,7 +232,7 @@ def soft_clip_filter_math(g, m, v, count, *, b1, b2, gamma=10.0, warmup=20) -> F
     filtered = jnp.where(
         saturated, _clip_to(prior, saturated, gamma, prior.scale), prior.g - d * (1 - shrink)
     )
-    return _finish(g, prior, filtered, jnp.abs(prior.innovation) > radius)
+    return _filter_result(g, prior, filtered, jnp.abs(prior.innovation) > radius)
 
 
 def _tree_stats(results, total_size: int) -> FilterStats:
@@ -314,8 +287,9 @@ def _filter_stage(
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
         for path, g in jax.tree_util.tree_flatten_with_path(updates)[0]:
             if jnp.issubdtype(g.dtype, jnp.complexfloating):
-                # Spike thresholds and gains compare magnitudes; SPEC A defines them for
-                # real gradients only. (Unfiltered Adam-family optimizers accept complex.)
+                # Spike thresholds and gains compare magnitudes, which the filter (README,
+                # "The filter") defines for real gradients only. (Unfiltered Adam-family
+                # optimizers accept complex.)
                 raise TypeError(
                     f"{name} filters real gradients only; gradient leaf "
                     f"{jax.tree_util.keystr(path)} has dtype {g.dtype}. Split complex "
@@ -395,8 +369,8 @@ def kalman_filter(
       >>> tx = fo.with_moments(filter=fo.kalman_filter(eta=0.9, gamma=10.0))
 
     References:
-      SPEC section A; Mehra, IEEE TAC 1970 (adaptive Kalman filtering by covariance
-      matching).
+      README, "The filter"; Mehra, "On the identification of variances and adaptive
+      Kalman filtering", IEEE TAC 1970 (covariance matching).
     """
     _validation.check_range("eta", eta, low=0.0, high=1.0)
     _validation.check_range("gamma", gamma, low=0.0, low_open=True)
@@ -452,6 +426,10 @@ def zscore_filter(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Centred z-score clip as a filter stage (see :func:`zscore_filter_math`).
 
+    An ablation of the default filter (README, "The stages, for ablations"): the same
+    noise estimate :math:`\hat\sigma`, a hard clip at :math:`\gamma\hat\sigma` and no
+    smoothing.
+
     Args:
       gamma: threshold in units of the estimated noise standard deviation, > 0.
       warmup: integer >= 0; identity while ``count < warmup``.
@@ -466,7 +444,8 @@ def zscore_filter(
       >>> tx = fo.with_moments(filter=fo.zscore_filter(gamma=5.0))
 
     References:
-      SPEC section A (filter family for ablations).
+      Mehra, IEEE TAC 1970 (the noise variance by covariance matching, as in
+      :func:`kalman_filter_math`).
     """
     _validation.check_range("gamma", gamma, low=0.0, low_open=True)
     _validation.check_non_negative_int("warmup", warmup)
@@ -486,20 +465,21 @@ def soft_clip_filter(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Soft clip as a filter stage (see :func:`soft_clip_filter_math`).
 
+    An ablation of the default filter's hard clip (README, "The stages, for ablations"):
+    deviations saturate smoothly at :math:`\pm\gamma s` through a tanh.
+
     Args:
       gamma: saturation radius in RMS units, > 0.
       warmup: integer >= 0; identity while ``count < warmup``.
       stats: keep :class:`FilterStats` in the state.
 
     Returns:
-      A filter stage for :func:`filtered_optax.with_moments`.
+      A filter stage for :func:`filtered_optax.with_moments`; spikes in its statistics
+      are the deviations beyond the radius.
 
     Example:
       >>> import filtered_optax as fo
       >>> tx = fo.with_moments(filter=fo.soft_clip_filter(gamma=10.0))
-
-    References:
-      SPEC section A (filter family for ablations).
     """
     _validation.check_range("gamma", gamma, low=0.0, low_open=True)
     _validation.check_non_negative_int("warmup", warmup)

@@ -15,7 +15,6 @@ so a filtered Adam holds exactly Adam's buffers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -24,46 +23,9 @@ import optax
 from optax import tree as otu
 
 from filtered_optax import _record, _validation
-
-Updates = Any
-Params = Any
-
-
-class Moments(NamedTuple):
-    """Read-only view of the moment buffers that stages receive.
-
-    Attributes:
-      count: completed steps. In ``prev_moments`` (seen by filters) this is the count
-        *before* this update, in ``moments`` (seen by scales) the count after it.
-      mu: first-moment tree (EMA of gradients, or a momentum trace), or None when the
-        moment rule keeps none.
-      nu: second-moment tree, or None when the moment rule keeps none.
-      b1: decay of ``mu`` (0 when it keeps none), needed for bias correction.
-      b2: decay of ``nu`` (0 when it keeps none).
-    """
-
-    count: jax.Array
-    mu: Updates
-    nu: Updates
-    b1: Any
-    b2: Any
-
-
-class MomentRule(NamedTuple):
-    """How the moment buffers are created and advanced.
-
-    Attributes:
-      init: ``params -> (mu, nu)``; either may be None when the rule keeps no such buffer.
-        Must not inspect leaf values (so ``jax.eval_shape`` works).
-      update: ``(g~, mu, nu) -> (mu, nu)``.
-      b1: decay of ``mu`` passed on to the stages in the :class:`Moments` view.
-      b2: decay of ``nu`` likewise.
-    """
-
-    init: Callable[[Params], tuple[Updates, Updates]]
-    update: Callable[[Updates, Updates, Updates], tuple[Updates, Updates]]
-    b1: Any
-    b2: Any
+from filtered_optax._filters import identity_filter
+from filtered_optax._scaling import normalize
+from filtered_optax._types import MomentRule, Moments, Updates
 
 
 class WithMomentsState(NamedTuple):
@@ -206,6 +168,67 @@ def heavy_ball(momentum: float = 0.9) -> MomentRule:
     return MomentRule(init, update, momentum, 0.0)
 
 
+def _at_least_float32(dtype: Any) -> Any:
+    """The wider of ``dtype`` and float32: bfloat16 computes in float32, float64 stays."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+@_record.recorded
+def ema_momentum(beta: float = 0.95, b2: float | None = None) -> MomentRule:
+    r"""Muon's moment rule: momentum in EMA form, computed at float32 or wider.
+
+    .. math::
+      m_t = \beta m_{t-1} + (1 - \beta) \tilde g_t, \qquad
+      v_t = b_2 v_{t-1} + (1 - b_2) \tilde g_t^2 \ \text{(only when } b_2 \text{ is given)}
+
+    The arithmetic runs in the wider of the gradient's dtype and float32 (bfloat16
+    gradients and momenta are upcast, float64 stays float64); :func:`with_moments` casts
+    ``m`` back to its storage dtype. ``v`` exists only for a filter, which reads both
+    moments: it is stored at float32 or the parameters' dtype if wider.
+
+    Args:
+      beta: momentum decay in [0, 1).
+      b2: decay of the second moment in [0, 1), or None to keep none (plain Muon).
+
+    Returns:
+      A :class:`MomentRule` whose ``nu`` is None unless ``b2`` is given.
+
+    Example:
+      >>> import filtered_optax as fo
+      >>> rule = fo.ema_momentum(0.95)
+
+    References:
+      Jordan, "Muon: An optimizer for hidden layers in neural networks", 2024
+      (github.com/KellerJordan/Muon): ``momentum.lerp_(grad, 1 - beta)``.
+    """
+    _validation.check_decay("beta", beta)
+    keep_nu = b2 is not None
+    if keep_nu:
+        _validation.check_decay("b2", b2)
+
+    def init(params):
+        nu = jax.tree.map(lambda p: jnp.zeros(p.shape, _at_least_float32(p.dtype)), params)
+        return otu.zeros_like(params), nu if keep_nu else None
+
+    def update(g, mu, nu):
+        def wide(*xs):
+            dtype = _at_least_float32(jnp.result_type(*xs))
+            return [x.astype(dtype) for x in xs]
+
+        def momentum(m, x):
+            m, x = wide(m, x)
+            return beta * m + (1 - beta) * x
+
+        def second(v, x):
+            v, x = wide(v, x)
+            return b2 * v + (1 - b2) * x * x
+
+        mu_new = jax.tree.map(momentum, mu, g)
+        return mu_new, jax.tree.map(second, nu, g) if keep_nu else None
+
+    return MomentRule(init, update, beta, b2 if keep_nu else 0.0)
+
+
 def _call_stage(stage: optax.GradientTransformation, updates, state, params, extra):
     if isinstance(stage, optax.GradientTransformationExtraArgs):
         return stage.update(updates, state, params, **extra)
@@ -284,11 +307,9 @@ def with_moments(
     References:
       The stage split follows optax's ``scale_by_adam`` (Kingma & Ba, arXiv:1412.6980).
     """
-    from filtered_optax import _filters, _scaling  # noqa: PLC0415 - avoid an import cycle
-
-    filter = _filters.identity_filter() if filter is None else filter  # noqa: A001
+    filter = identity_filter() if filter is None else filter  # noqa: A001
     moments = ema() if moments is None else moments
-    scale = _scaling.normalize() if scale is None else scale
+    scale = normalize() if scale is None else scale
     _check_stage("filter", filter)
     _check_stage("scale", scale)
     if not isinstance(moments, MomentRule):
@@ -331,7 +352,7 @@ def with_moments(
         )
         return updates, WithMomentsState(
             count=count,
-            mu=otu.cast(mu, mu_dtype),
+            mu=otu.cast_like(mu, state.mu),
             nu=otu.cast_like(nu, state.nu),
             filter_state=filter_state,
             scale_state=scale_state,

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from filtered_optax._filters import FilterStats
+from filtered_optax._paths import key_name
+from filtered_optax._types import FilterStats
 
 # Levels of detail of a name: mapping keys (partition labels) only; plus sequence
 # positions (places in a chain); every key of the path (field names too).
@@ -112,13 +113,6 @@ def _stage_name(stats: MonitorState | FilterStats) -> str:
     return "filter"
 
 
-def _key_name(key: Any) -> str:
-    for field in ("key", "idx", "name"):  # DictKey / FlattenedIndexKey, SequenceKey, GetAttrKey
-        if hasattr(key, field):
-            return str(getattr(key, field))
-    return str(key)
-
-
 def _prefix(path: Sequence[Any], stats: Any, detail: int) -> str:
     """The stage's name at a level of detail (one of the module's three constants)."""
     kept = [
@@ -128,7 +122,7 @@ def _prefix(path: Sequence[Any], stats: Any, detail: int) -> str:
         or isinstance(key, jax.tree_util.DictKey)
         or (detail == _POSITIONS and isinstance(key, jax.tree_util.SequenceKey))
     ]
-    return "/".join([*map(_key_name, kept), _stage_name(stats)])
+    return "/".join([*map(key_name, kept), _stage_name(stats)])
 
 
 def _unique_prefixes(found: list[tuple[Any, Any]]) -> list[str]:

@@ -21,6 +21,11 @@ A user may also pass one ``(a, b, c)`` triple (repeated) or a sequence of triple
 step). Everything here is a pure function of arrays; leading dimensions are batch dimensions,
 so same-shape matrices can be stacked and orthogonalized in one call.
 
+Muon's update of a whole tree goes through one function, :func:`orthogonalize_tree`: it views
+each leaf as matrices, groups same-shape matrices into batched calls, handles explicit
+sharding, and multiplies each result by its update scale (:func:`update_scale`, the one
+function that also gives :func:`filtered_optax.routing_table` its scale column).
+
 References:
     Jordan, "Muon: An optimizer for hidden layers in neural networks", 2024,
     https://kellerjordan.github.io/posts/muon/ (and github.com/KellerJordan/Muon).
@@ -38,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Coefficients = str | Sequence[float] | Sequence[Sequence[float]]
+from filtered_optax._types import Coefficients
 
 # Keller Jordan's quintic: chosen to maximise p'(0) = a while keeping p(σ) within roughly
 # [0.7, 1.2] on (0, 1] after five steps (github.com/KellerJordan/Muon).
@@ -269,9 +274,12 @@ def newton_schulz(
     y = x.astype(dtype)
     if transpose:
         y = jnp.swapaxes(y, -1, -2)
-    # Norm in float32 even for bf16 iterations: a bf16 sum of squares loses the scale.
-    norm = jnp.sqrt(jnp.sum(jnp.square(y.astype(jnp.float32)), axis=(-2, -1), keepdims=True))
-    y = (y.astype(jnp.float32) / (safety * norm + eps)).astype(dtype)
+    # Norm in float32 (or the wider compute dtype) even for bf16 iterations: a bf16 sum of
+    # squares loses the scale.
+    norm_dtype = jnp.promote_types(dtype, jnp.float32)
+    wide = y.astype(norm_dtype)
+    norm = jnp.sqrt(jnp.sum(jnp.square(wide), axis=(-2, -1), keepdims=True))
+    y = (wide / (safety * norm + eps)).astype(dtype)
     if _is_traced(ns_steps):
         coeffs = jnp.asarray(table, dtype=dtype)
         last = len(table) - 1
@@ -362,3 +370,159 @@ def matrix_view(
         return jnp.transpose(m.reshape(perm_shape), inv)
 
     return to_matrix, from_matrix
+
+
+# --------------------------------------------------------------------------------------------
+# Update scale of an orthogonalized matrix
+
+SCALES: tuple[str, ...] = ("moonshot", "keller", "rms")
+
+# Moonshot's 0.2: AdamW's typical update RMS is 0.2-0.4; matching it lets AdamW's learning
+# rate and weight decay carry over unchanged (arXiv:2502.16982, section 2.2).
+MOONSHOT_RMS = 0.2
+
+
+def update_scale(fan_in: int, fan_out: int, scale: Any, rms: Any) -> Any:
+    r"""The multiplier of an orthogonalized ``fan_in × fan_out`` matrix, or None for ``"rms"``.
+
+    .. math::
+      \text{moonshot: } r\sqrt{\max(A, B)}, \quad
+      \text{keller: } \sqrt{\max(1, B / A)}, \quad \text{a number } c\text{: } c
+
+    with :math:`A` = fan-in, :math:`B` = fan-out, :math:`r` = ``rms``. ``"rms"`` has no
+    shape-derived factor: each matrix is rescaled to RMS exactly ``rms`` by
+    :func:`scale_orthogonalized`, so None is returned.
+
+    Args:
+      fan_in, fan_out: the matrix view's sides.
+      scale: ``"moonshot"``, ``"keller"``, ``"rms"`` or a number.
+      rms: the target RMS of ``"moonshot"`` and ``"rms"``.
+
+    Returns:
+      The factor (a number, or an array when ``scale``/``rms`` is traced), or None.
+
+    References:
+      Liu et al., "Muon is Scalable for LLM Training", arXiv:2502.16982 (moonshot);
+      Jordan, "Muon", 2024, github.com/KellerJordan/Muon (keller: rows/cols of a PyTorch
+      ``out × in`` weight).
+    """
+    if isinstance(scale, str) and scale == "rms":
+        return None
+    if isinstance(scale, str) and scale == "moonshot":
+        return rms * math.sqrt(max(fan_in, fan_out))
+    if isinstance(scale, str) and scale == "keller":
+        return math.sqrt(max(1.0, fan_out / fan_in))
+    return scale
+
+
+def _exact_rms(o: jax.Array, rms: Any) -> jax.Array:
+    """Rescales each matrix (last two axes) of ``o`` so its RMS is exactly ``rms``."""
+    wide = o.astype(jnp.promote_types(o.dtype, jnp.float32))
+    current = jnp.sqrt(jnp.mean(jnp.square(wide), axis=(-2, -1), keepdims=True))
+    safe = jnp.where(current > 0, current, 1.0)
+    return jnp.where(current > 0, wide * (rms / safe), 0.0).astype(o.dtype)
+
+
+def scale_orthogonalized(o: jax.Array, scale: Any, rms: Any) -> jax.Array:
+    """Multiplies orthogonalized matrices ``(..., fan_in, fan_out)`` by their update scale.
+
+    The factor is :func:`update_scale`'s; ``"rms"`` rescales each matrix to RMS ``rms``.
+    """
+    factor = update_scale(o.shape[-2], o.shape[-1], scale, rms)
+    return _exact_rms(o, rms) if factor is None else o * factor
+
+
+# --------------------------------------------------------------------------------------------
+# A whole tree of matrices: grouping, batching, explicit sharding
+
+
+def _explicit_sharding(x: jax.Array) -> tuple[Any, tuple[Any, ...]] | None:
+    """``(mesh, spec)`` of ``x`` (spec padded to its rank) under explicit sharding, else None.
+
+    Under ``jax.sharding.AxisType.Explicit`` reshapes and contractions over sharded axes
+    must be told their output sharding. The mesh is the array's own, so this works with or
+    without ``jax.set_mesh``.
+    """
+    try:
+        sharding = jax.typeof(x).sharding
+    except (AttributeError, TypeError):
+        return None
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or getattr(mesh, "empty", True):
+        return None
+    if not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        return None
+    spec = tuple(sharding.spec)
+    return mesh, spec + (None,) * (x.ndim - len(spec))
+
+
+def _reshard(x: jax.Array, mesh: Any, spec: Sequence[Any]) -> jax.Array:
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+    return jax.sharding.reshard(x, sharding)
+
+
+def orthogonalize_tree(
+    tree: Any,
+    specs: Any,
+    *,
+    scale: Any = "moonshot",
+    rms: Any = MOONSHOT_RMS,
+    batch: bool = False,
+    **ns_kwargs: Any,
+) -> Any:
+    r"""Orthogonalizes every leaf of ``tree`` through its matrix view, then scales it.
+
+    .. math:: O = \mathrm{scale}(A, B)\cdot\mathrm{NS}(U) \quad\text{per matrix } U
+
+    Each leaf is viewed as matrices by its :class:`MatrixSpec` (batch axes kept); with
+    ``batch``, same-shape plain matrices are stacked into one :func:`newton_schulz` call.
+    Under explicit sharding a leaf's matrix axes are gathered first (Distributed Muon:
+    each device orthogonalizes whole matrices) and its own sharding is restored after,
+    so a stack sharded along its stack axis needs no communication.
+
+    Args:
+      tree: a pytree of arrays.
+      specs: a pytree with ``tree``'s structure whose leaves are :class:`MatrixSpec`.
+      scale, rms: the update scale, see :func:`update_scale`.
+      batch: stack same-shape plain matrices into one call.
+      **ns_kwargs: forwarded to :func:`newton_schulz`.
+
+    Returns:
+      A pytree like ``tree`` (same shapes and dtypes).
+
+    Example:
+      >>> import jax.numpy as jnp, filtered_optax as fo
+      >>> from filtered_optax._orthogonal import orthogonalize_tree
+      >>> out = orthogonalize_tree({"w": jnp.eye(4)}, {"w": fo.MatrixSpec((0,), (1,))})
+      >>> out["w"].shape
+      (4, 4)
+
+    References:
+      Liu et al., "Muon is Scalable for LLM Training", arXiv:2502.16982 (Distributed Muon).
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    spec_leaves = treedef.flatten_up_to(specs)
+    out: list[Any] = [None] * len(leaves)
+    groups: dict[tuple[int, ...], list[tuple[int, jax.Array, Any]]] = {}
+    restore: list[Any] = [None] * len(leaves)
+    for i, (x, spec) in enumerate(zip(leaves, spec_leaves, strict=True)):
+        explicit = _explicit_sharding(x)
+        if explicit is not None:
+            mesh, pspec = explicit
+            matrix_axes = set(spec.reduction_axes) | set(spec.output_axes)
+            x = _reshard(x, mesh, [None if a in matrix_axes else p for a, p in enumerate(pspec)])
+            restore[i] = explicit
+        to_matrix, from_matrix = matrix_view(x.shape, spec.reduction_axes, spec.output_axes)
+        mat = to_matrix(x)
+        key = mat.shape if batch and mat.ndim == 2 else (i, -1)  # -1: never batched
+        groups.setdefault(key, []).append((i, mat, from_matrix))
+    for members in groups.values():
+        mats = [m for _, m, _ in members]
+        if len(members) == 1:
+            done = [scale_orthogonalized(newton_schulz(mats[0], **ns_kwargs), scale, rms)]
+        else:
+            done = scale_orthogonalized(newton_schulz(jnp.stack(mats), **ns_kwargs), scale, rms)
+        for k, (i, _, from_matrix) in enumerate(members):
+            out[i] = from_matrix(done[k])
+    out = [o if r is None else _reshard(o, *r) for o, r in zip(out, restore, strict=True)]
+    return jax.tree.unflatten(treedef, out)

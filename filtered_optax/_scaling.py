@@ -13,10 +13,13 @@ import optax
 from optax import tree as otu
 
 from filtered_optax import _record, _validation
-from filtered_optax._moments import Moments
+from filtered_optax._types import Moments
 
 
-def _require(stage: str, moments: Moments | None, *, need_mu: bool, need_nu: bool) -> Moments:
+def require_moments(
+    stage: str, moments: Moments | None, *, need_mu: bool, need_nu: bool
+) -> Moments:
+    """The ``moments=`` a scale stage received, or a ``TypeError`` saying what is missing."""
     if moments is None:
         raise TypeError(
             f"{stage} is a scale stage: it reads the moment buffers through the keyword "
@@ -27,7 +30,7 @@ def _require(stage: str, moments: Moments | None, *, need_mu: bool, need_nu: boo
         missing = "first (mu)" if need_mu and moments.mu is None else "second (nu)"
         raise TypeError(
             f"{stage} needs a {missing} moment, but the moment rule keeps none; pair it "
-            "with fo.ema or fo.belief."
+            "with fo.ema or fo.belief (or fo.ema_momentum for Muon)."
         )
     return moments
 
@@ -70,7 +73,7 @@ def normalize(
 
     def update_fn(updates, state, params=None, *, moments: Moments | None = None, **extra):
         del params, extra
-        moments = _require("fo.normalize", moments, need_mu=True, need_nu=True)
+        moments = require_moments("fo.normalize", moments, need_mu=True, need_nu=True)
         b1, count = moments.b1, moments.count
         if nesterov:
             mu_hat = jax.tree.map(
@@ -127,7 +130,7 @@ def rms_normalize(
 
     def update_fn(updates, state, params=None, *, moments: Moments | None = None, **extra):
         del params, extra
-        moments = _require("fo.rms_normalize", moments, need_mu=False, need_nu=True)
+        moments = require_moments("fo.rms_normalize", moments, need_mu=False, need_nu=True)
         nu = moments.nu
         if bias_correction:
             nu = otu.bias_correction(nu, moments.b2, moments.count)
@@ -164,7 +167,7 @@ def momentum_output(*, nesterov: bool = False) -> optax.GradientTransformationEx
 
     def update_fn(updates, state, params=None, *, moments: Moments | None = None, **extra):
         del params, extra
-        moments = _require("fo.momentum_output", moments, need_mu=True, need_nu=False)
+        moments = require_moments("fo.momentum_output", moments, need_mu=True, need_nu=False)
         if not nesterov:
             return moments.mu, state
         momentum = moments.b1
@@ -193,7 +196,7 @@ def sign_update() -> optax.GradientTransformationExtraArgs:
 
     def update_fn(updates, state, params=None, *, moments: Moments | None = None, **extra):
         del updates, params, extra
-        moments = _require("fo.sign_update", moments, need_mu=True, need_nu=False)
+        moments = require_moments("fo.sign_update", moments, need_mu=True, need_nu=False)
         return jax.tree.map(jnp.sign, moments.mu), state
 
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)

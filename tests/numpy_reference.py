@@ -1,7 +1,7 @@
 """Independent NumPy implementations used as test oracles.
 
-Written from SPEC section A directly, element by element, without sharing code with the
-library.
+Written from the filter's definition (README, "The filter") directly, element by
+element, without sharing code with the library.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 
 
 def kalman_filter_reference(g, m, v, count, *, b1, b2, eta, gamma, warmup, kappa):
-    """SPEC section A's filter F on float64 arrays, one element at a time."""
+    """The filter F (README, "The filter") on float64 arrays, one element at a time."""
     g = np.asarray(g, np.float64)
     m = np.broadcast_to(np.asarray(m, np.float64), g.shape)
     v = np.broadcast_to(np.asarray(v, np.float64), g.shape)

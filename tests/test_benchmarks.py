@@ -219,7 +219,7 @@ def test_smoke_covers_every_task_and_spec(smoke_dir: Path) -> None:
 
 def test_smoke_report_and_plots(smoke_dir: Path) -> None:
     report = (smoke_dir / "REPORT.md").read_text()
-    assert "## Claims (SPEC section C)" in report
+    assert "## Claims (README, \"Benchmarks: what is true of the claims\")" in report
     for claim in ("converges in fewer steps", "generalizes better", "robust to noise",
                   "smooths noise", "stable at larger learning rates", "early-step bias",
                   "cost similar to Adam"):

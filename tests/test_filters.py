@@ -1,4 +1,4 @@
-"""The filter math against an independent NumPy implementation of SPEC section A."""
+"""The filter math against an independent NumPy implementation of README, "The filter"."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from tests.test_nnx import MLP
 
 muon = fo.muon
 muon_labels = fo.muon_labels
-MuonState = fo.MuonState
+WithMomentsState = fo.WithMomentsState
 
 
 class TinyTransformer(nnx.Module):
@@ -157,9 +157,11 @@ def test_nnx_muon_routes_from_nnx_paths_and_trains():
     assert sv.max() < 1.25 and np.sum(sv > 0.5) >= 8, sv
 
     # Muon keeps its momentum on exactly the routed leaves, inside the partition state.
+    muon_branch = optimizer.opt_state.inner_states["muon"]
     muon_states = [
-        s for s in jax.tree.leaves(optimizer.opt_state, is_leaf=lambda s: isinstance(s, MuonState))
-        if isinstance(s, MuonState)
+        s
+        for s in jax.tree.leaves(muon_branch, is_leaf=lambda s: isinstance(s, WithMomentsState))
+        if isinstance(s, WithMomentsState)
     ]
     assert len(muon_states) == 1
     mu = nnx.to_pure_dict(nnx.State(muon_states[0].mu)) if isinstance(

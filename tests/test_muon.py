@@ -17,19 +17,12 @@ import pytest
 from flax import nnx
 
 from benchmarks.data import read_tinyshakespeare
-from filtered_optax._muon import (
-    MatrixSpec,
-    MuonState,
-    muon,
-    muon_labels,
-    muon_specs,
-    routing_table,
-    scale_by_muon,
-)
+from filtered_optax import MatrixSpec, WithMomentsState
+from filtered_optax._muon import muon, scale_by_muon
 from filtered_optax._orthogonal import newton_schulz
+from filtered_optax._routing import muon_labels, muon_specs, routing_table
 
 TESTS = pathlib.Path(__file__).parent
-
 
 
 def _rand_tree(tree, rng, dtype=jnp.float32):
@@ -424,7 +417,7 @@ def test_filtered_muon_memory_is_one_extra_f32_leaf_per_param():
     params = {"a": jnp.zeros((8, 16), jnp.bfloat16), "b": jnp.zeros((16, 4), jnp.bfloat16)}
     plain = scale_by_muon().init(params)
     filt = scale_by_muon(filter_gamma=10.0).init(params)
-    assert isinstance(plain, MuonState) and plain.nu is None
+    assert isinstance(plain, WithMomentsState) and plain.nu is None
     assert len(_param_sized_leaves(plain, params)) == 2  # mu only
     assert len(_param_sized_leaves(filt, params)) == 4  # mu + nu
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(filt.nu))

@@ -41,7 +41,8 @@ ASPECT_SHAPES = [(64, 128), (128, 64), (32, 256), (256, 32), (1, 64), (64, 1)]
 def test_keller_singular_values_land_in_band(shape):
     s = _sv(newton_schulz(_gaussian(shape), coefficients="keller"))
     print(f"keller {shape}: sigma in [{s.min():.4f}, {s.max():.4f}]")
-    # SPEC B / Keller's blog: "about [0.68, 1.13]"; measured 0.682-1.134 (0.696 for 1×n).
+    # Keller's blog (kellerjordan.github.io/posts/muon): "about [0.68, 1.13]";
+    # measured 0.682-1.134 (0.696 for 1×n).
     assert s.min() >= 0.67 and s.max() <= 1.14
 
 

@@ -1,8 +1,8 @@
 """Reliability (issue #5): bad hyperparameters, bad gradients, odd pytrees, determinism.
 
 Runs every public optimizer of tests/registry.py (Muon included once ``fo.muon`` exists)
-through the inputs a training loop meets in practice: NaN and Inf gradients (SPEC section
-A: Inf is clipped as a spike, NaN propagates; ``optax.apply_if_finite`` is the guard),
+through the inputs a training loop meets in practice: NaN and Inf gradients (README,
+"The filter": Inf is clipped as a spike, NaN propagates; ``optax.apply_if_finite`` is the guard),
 gradient trees that do not match the state, integer / boolean / complex leaves, ``None``
 leaves, empty trees, scalars and 0-size arrays. The README's "Reliability" section states
 exactly what these tests check.
@@ -211,7 +211,7 @@ def test_muon_inject_hyperparams_traces():
 
 
 # ---------------------------------------------------------------------------------------
-# 2. NaN and Inf gradients (SPEC section A) and the apply_if_finite guard.
+# 2. NaN and Inf gradients (README, "The filter") and the apply_if_finite guard.
 
 
 def _poison_both(value):
@@ -259,7 +259,7 @@ def test_filtered_adam_clips_inf_to_the_spike_bound(value):
 
 @pytest.mark.parametrize("case", ["before_warmup", "first_seen"])
 def test_inf_passes_the_gate_where_the_filter_is_the_identity(case):
-    """Before warmup, and on a coordinate whose v is still 0, Inf is not clipped (SPEC A)."""
+    """Before warmup, and on a coordinate whose v is still 0, Inf is not clipped (gate)."""
     tx = fo.filtered_adam(1e-2)
     params = {"w": jnp.zeros(2)}
     if case == "before_warmup":

@@ -1,4 +1,5 @@
-"""Spike robustness as a regression test (SPEC section C: "robust to gradient spikes").
+"""Spike robustness as a regression test (the claim "robust to noise and spikes" of the
+README section "Benchmarks: what is true of the claims").
 
 A small MLP regression is trained with real mini-batch gradients; at step 30 one gradient
 is corrupted. After it, ``filtered_adam``'s largest sqrt(v_hat) stays within 10x of the
