@@ -56,5 +56,8 @@ from filtered_optax._scaling import momentum_output as momentum_output
 from filtered_optax._scaling import normalize as normalize
 from filtered_optax._scaling import rms_normalize as rms_normalize
 from filtered_optax._scaling import sign_update as sign_update
+from filtered_optax._trace import TracedDecision as TracedDecision
+from filtered_optax._trace import TracedRouting as TracedRouting
+from filtered_optax._trace import trace_routing as trace_routing
 
 __version__ = "0.1.0"
