@@ -497,13 +497,18 @@ class TracedDecision(NamedTuple):
     shape: Shape
 
 
-def _stack_text(use: _Use) -> str:
-    """``"; scan → stack axis 0"`` for every stack axis a matrix use has a cause for."""
-    notes: dict[int, str] = {}
-    for axis, how in use.stack:
-        if axis not in use.reduce and axis not in use.out:
-            notes.setdefault(axis, how)
-    return "".join(f"; {how} → stack axis {axis}" for axis, how in sorted(notes.items()))
+def _stack_text(use: _Use, rank: int) -> str:
+    """``"; scan → stack axis 0"`` for every leaf axis that is neither fan-in nor fan-out.
+
+    The cause is ``scan`` (sliced by a scan), ``dot batch`` (a ``dot_general`` batch axis) or
+    ``indexed`` (sliced away otherwise, e.g. ``W[i]`` at a loop counter).
+    """
+    notes = dict(reversed(use.stack))  # the first recorded cause wins
+    return "".join(
+        f"; {notes.get(axis, 'indexed')} → stack axis {axis}"
+        for axis in range(rank)
+        if axis not in use.reduce and axis not in use.out
+    )
 
 
 def _matrix_decision(use: _Use, shape: Shape, is_head: bool) -> tuple[Any, str]:
@@ -516,7 +521,7 @@ def _matrix_decision(use: _Use, shape: Shape, is_head: bool) -> tuple[Any, str]:
         return "adam", "last projection → head"
     if math.prod(shape[a] for a in use.reduce) == 1 or math.prod(shape[a] for a in use.out) == 1:
         return "adam", f"{text} → a side of 1, not a matrix"
-    return MatrixSpec(use.reduce, use.out), text + _stack_text(use)
+    return MatrixSpec(use.reduce, use.out), text + _stack_text(use, len(shape))
 
 
 def _decide(shape: Shape, uses: set[_Use], is_head: bool) -> tuple[Any, str]:
