@@ -32,6 +32,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import traceback
@@ -639,12 +640,24 @@ def _aval_text(x: Any) -> str:
     return f"{np.dtype(x.dtype).name if hasattr(x.dtype, 'name') else x.dtype}{list(x.shape)}"
 
 
-def _input_text(path: Sequence[Any]) -> str:
-    """``args[1]['x']`` / ``kwargs['mask']`` for a leaf of the ``(args, kwargs)`` tree."""
-    head, rest = path[0].idx, path[1:]
-    if head == 0:
-        return f"args[{rest[0].idx}]" + jax.tree_util.keystr(tuple(rest[1:]))
-    return "kwargs" + jax.tree_util.keystr(tuple(rest))
+def _positional_names(fn: Callable[..., Any], n: int, skip: int) -> list[str]:
+    """Names of ``fn``'s first ``n`` positional inputs after ``skip`` (``args[i]`` if unknown)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())[skip:]
+    except (TypeError, ValueError):  # builtins and some callables have no signature
+        params = []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [
+        params[i].name if i < len(params) and params[i].kind in positional else f"args[{i}]"
+        for i in range(n)
+    ]
+
+
+def _input_text(path: Sequence[Any], positional: Sequence[str]) -> str:
+    """``input x['a']`` / ``input mask`` for a leaf of the ``(args, kwargs, state)`` tree."""
+    head, first, rest = path[0].idx, path[1], tuple(path[2:])
+    name = positional[first.idx] if head == 0 else str(first.key)
+    return f"input {name}" + jax.tree_util.keystr(rest)
 
 
 def _param_specs(params: Any, owner: str) -> tuple[list[PathNames], list[Any], Any]:
@@ -703,39 +716,41 @@ def _failure(err: BaseException, labels: Mapping[int, str], owner: str,
 
 
 def _trace(call: Callable[..., Any], params: Any, state: Any, args: Sequence[Any],
-           kwargs: Mapping[str, Any], owner: str) -> TracedRouting:
+           kwargs: Mapping[str, Any], owner: str, positional: Sequence[str]) -> TracedRouting:
     """Traces ``call(params, state, *args, **kwargs)`` to a jaxpr and routes ``params``.
 
-    ``state`` (non-parameter model state such as batch statistics) and the parameters are
-    traced as abstract inputs; array leaves of ``args`` / ``kwargs`` are the data; their
-    other leaves (Python numbers, flags) stay static.
+    The parameters and the array leaves of ``state`` (non-parameter model state such as batch
+    statistics: constants) and of ``args`` / ``kwargs`` (the data) are traced as abstract
+    inputs; other leaves (Python numbers, flags) stay static.
     """
     names, p_specs, p_def = _param_specs(params, owner)
-    s_leaves, s_def = jax.tree_util.tree_flatten(state)
-    a_flat, a_def = jax.tree_util.tree_flatten_with_path((tuple(args), dict(kwargs)))
+    a_flat, a_def = jax.tree_util.tree_flatten_with_path((tuple(args), dict(kwargs), state))
     a_leaves = [leaf for _, leaf in a_flat]
-    dyn = [i for i, leaf in enumerate(a_leaves) if _is_array(leaf)]
+    # Array leaves are traced: data from args / kwargs, constants from the model state.
+    data = [i for i, (path, x) in enumerate(a_flat) if _is_array(x) and path[0].idx < 2]
+    const = [i for i, (path, x) in enumerate(a_flat) if _is_array(x) and path[0].idx == 2]
     p_text = [f"params leaf {'/'.join(n)!r} {_aval_text(s)}" for n, s in zip(names, p_specs)]
-    d_text = [f"{_input_text(a_flat[i][0])} {_aval_text(a_leaves[i])}" for i in dyn]
+    d_text = [f"{_input_text(a_flat[i][0], positional)} {_aval_text(a_leaves[i])}" for i in data]
     labels: dict[int, str] = {}
     held: list[Any] = []  # keeps the tracers alive so their ids stay unique
 
-    def traced(p: list[Any], s: list[Any], d: list[Any]) -> Any:
+    def traced(p: list[Any], c: list[Any], d: list[Any]) -> Any:
         held.extend(p + d)
         labels.update({id(t): text for t, text in zip(p + d, p_text + d_text)})
         leaves = list(a_leaves)
-        for i, t in zip(dyn, d):
+        for i, t in zip(const + data, c + d):
             leaves[i] = t
-        a, k = jax.tree_util.tree_unflatten(a_def, leaves)
-        p_tree = jax.tree_util.tree_unflatten(p_def, p)
-        return call(p_tree, jax.tree_util.tree_unflatten(s_def, s), *a, **k)
+        a, k, s = jax.tree_util.tree_unflatten(a_def, leaves)
+        return call(jax.tree_util.tree_unflatten(p_def, p), s, *a, **k)
 
     try:
-        closed = jax.make_jaxpr(traced)(p_specs, s_leaves, [a_leaves[i] for i in dyn])
+        closed = jax.make_jaxpr(traced)(
+            p_specs, [a_leaves[i] for i in const], [a_leaves[i] for i in data]
+        )
     except Exception as err:  # any failure of the user's function is reported by input
         summary = "; ".join([f"params ({len(names)} leaves)", *d_text])
         raise _failure(err, labels, owner, summary) from err
-    kinds = ["param"] * len(names) + ["const"] * len(s_leaves) + ["data"] * len(dyn)
+    kinds = ["param"] * len(names) + ["const"] * len(const) + ["data"] * len(data)
     shapes = [tuple(s.shape) for s in p_specs]
     return TracedRouting(types.MappingProxyType(_analyse(closed, kinds, names, shapes)))
 
@@ -795,7 +810,8 @@ def trace_routing(fn: Callable[..., Any] | nnx.Module, /, *args: Any,
         def call_module(p: Any, s: Any, *a: Any, **k: Any) -> Any:
             return nnx.merge(graphdef, p, s)(*a, **k)
 
-        return _trace(call_module, params, state, args, kwargs, type(fn).__name__)
+        positional = _positional_names(fn.__call__, len(args), 0)
+        return _trace(call_module, params, state, args, kwargs, type(fn).__name__, positional)
     if not callable(fn):
         raise TypeError(
             f"trace_routing expects a function fn(params, *args) or an nnx.Module; got "
@@ -808,4 +824,5 @@ def trace_routing(fn: Callable[..., Any] | nnx.Module, /, *args: Any,
         return fn(p, *a, **k)
 
     owner = getattr(fn, "__name__", type(fn).__name__)
-    return _trace(call_fn, args[0], (), args[1:], kwargs, owner)
+    positional = _positional_names(fn, len(args) - 1, 1)
+    return _trace(call_fn, args[0], (), args[1:], kwargs, owner, positional)

@@ -468,16 +468,18 @@ def test_errors_name_the_input_or_leaf():
     with pytest.raises(ValueError, match=r"params leaf 'w2' float32\[12, 4\]"):
         fo.trace_routing(fn, params, jnp.zeros((2, 8)))
     params["w2"] = jnp.zeros((16, 4))
-    with pytest.raises(ValueError, match=r"args\[0\] float32\[2, 5\]"):
+    with pytest.raises(ValueError, match=r"input x float32\[2, 5\]"):
         fo.trace_routing(fn, params, jnp.zeros((2, 5)))
-    with pytest.raises(ValueError, match=r"kwargs\['x'\] float32\[2, 5\]"):
+    with pytest.raises(ValueError, match=r"input x float32\[2, 5\]"):
         fo.trace_routing(fn, params, x=jnp.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"input batch\['x'\] float32\[2, 5\]"):
+        fo.trace_routing(lambda p, batch: fn(p, batch["x"]), params, {"x": jnp.zeros((2, 5))})
     with pytest.raises(ValueError, match="'w2', which its inputs do not have"):
         fo.trace_routing(fn, {"w1": params["w1"]}, jnp.zeros((2, 8)))
     with pytest.raises(ValueError, match="params leaf w2 .* is str"):
         fo.trace_routing(fn, {"w1": params["w1"], "w2": "oops"}, jnp.zeros((2, 8)))
     model = DecoderHead(nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"args\[0\] float32\[4, 5\]"):
+    with pytest.raises(ValueError, match=r"input x float32\[4, 5\]"):
         fo.trace_routing(model, jnp.zeros((4, 5)))
     with pytest.raises(TypeError, match="params is missing"):
         fo.trace_routing(fn)
