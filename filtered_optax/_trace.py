@@ -805,13 +805,7 @@ def trace_routing(fn: Callable[..., Any] | nnx.Module, /, *args: Any,
       Jordan, "Muon", 2024 (hidden matrices only); Liu et al., arXiv:2502.16982.
     """
     if isinstance(fn, nnx.Module):
-        graphdef, params, state = nnx.split(fn, nnx.Param, ...)
-
-        def call_module(p: Any, s: Any, *a: Any, **k: Any) -> Any:
-            return nnx.merge(graphdef, p, s)(*a, **k)
-
-        positional = _positional_names(fn.__call__, len(args), 0)
-        return _trace(call_module, params, state, args, kwargs, type(fn).__name__, positional)
+        return _trace_module(fn, args, kwargs)
     if not callable(fn):
         raise TypeError(
             f"trace_routing expects a function fn(params, *args) or an nnx.Module; got "
@@ -819,10 +813,28 @@ def trace_routing(fn: Callable[..., Any] | nnx.Module, /, *args: Any,
         )
     if not args:
         raise TypeError("trace_routing(fn, params, *args, **kwargs): params is missing.")
+    return _trace_function(fn, args[0], args[1:], kwargs)
+
+
+def _trace_module(model: nnx.Module, args: Sequence[Any],
+                  kwargs: Mapping[str, Any]) -> TracedRouting:
+    """``model(*args, **kwargs)`` over ``nnx.state(model, nnx.Param)``; other state constant."""
+    graphdef, params, state = nnx.split(model, nnx.Param, ...)
+
+    def call_module(p: Any, s: Any, *a: Any, **k: Any) -> Any:
+        return nnx.merge(graphdef, p, s)(*a, **k)
+
+    positional = _positional_names(model.__call__, len(args), 0)
+    return _trace(call_module, params, state, args, kwargs, type(model).__name__, positional)
+
+
+def _trace_function(fn: Callable[..., Any], params: Any, args: Sequence[Any],
+                    kwargs: Mapping[str, Any]) -> TracedRouting:
+    """``fn(params, *args, **kwargs)``."""
 
     def call_fn(p: Any, s: Any, *a: Any, **k: Any) -> Any:
         return fn(p, *a, **k)
 
     owner = getattr(fn, "__name__", type(fn).__name__)
-    positional = _positional_names(fn, len(args) - 1, 1)
-    return _trace(call_fn, args[0], (), args[1:], kwargs, owner, positional)
+    positional = _positional_names(fn, len(args), 1)
+    return _trace(call_fn, params, (), args, kwargs, owner, positional)
