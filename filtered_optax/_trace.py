@@ -513,7 +513,15 @@ def _stack_text(use: _Use, rank: int) -> str:
 
 
 def _matrix_decision(use: _Use, shape: Shape, is_head: bool) -> tuple[Any, str]:
-    """Route of a leaf with exactly one matrix use."""
+    """Route of a leaf with exactly one matrix use.
+
+    Size-1 leaf axes that a reshape dropped (a ``(window, 1, out)`` kernel read as
+    ``(window, out)``) join the fan-in, which they do not change.
+    """
+    stacked = {a for a, _ in use.stack}
+    ones = [a for a, n in enumerate(shape)
+            if n == 1 and a not in use.reduce + use.out and a not in stacked]
+    use = use._replace(reduce=tuple(sorted([*use.reduce, *ones])))
     text = f"{use.kind}: reduce {use.reduce} out {use.out}"
     split = sorted(set(use.reduce) & set(use.out))
     if split:

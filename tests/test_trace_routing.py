@@ -525,3 +525,28 @@ def test_transformer_trains_with_traced_routing():
     labels = fo.muon_labels(nnx.state(model, nnx.Param), labels=rule)
     assert labels["block"]["fc1"]["kernel"] == "muon"
     assert labels["embed"]["embedding"] == labels["pos"] == "adam"
+
+
+def test_loop_carries_settle_and_size_one_axes_join_fan_in():
+    d = 8
+    params = {"w_xh": jnp.zeros((4, d)), "w_hh": jnp.zeros((d, d)), "carried": jnp.zeros((d, d)),
+              "kernel": jnp.zeros((5, 1, d)), "head": jnp.zeros((d, 3))}
+
+    def fn(p, xs, n):
+        def cell(h, x):  # an RNN: h starts as a constant and becomes data after one step
+            h = jnp.tanh(h @ p["w_hh"] + x @ p["w_xh"])
+            return h, h
+
+        _, hs = lax.scan(cell, jnp.zeros((xs.shape[1], d)), xs)
+        h, _ = lax.fori_loop(0, n, lambda i, c: (jnp.tanh(c[0] @ c[1]), c[1]),
+                             (hs[-1], p["carried"]))  # a weight passed as a loop carry
+        window = jnp.stack([xs[-1, :, 0]] * 5, axis=-1)  # (batch, 5)
+        h = h + window @ p["kernel"].reshape(5, d)  # (5, 1, d) read as a 5 × d matrix
+        return h @ p["head"]
+
+    rule = fo.trace_routing(fn, params, jnp.zeros((6, 2, 4)), jnp.array(3))
+    for name in ("w_xh", "w_hh", "carried"):
+        assert rule((name,), params[name].shape) == IN_OUT, rule.reason((name,))
+        assert rule.reason((name,)) == "dot: reduce (0,) out (1,)"
+    assert rule(("kernel",), (5, 1, d)) == MatrixSpec((0, 1), (2,))
+    assert rule.reason(("head",)) == "last projection → head"
