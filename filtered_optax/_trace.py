@@ -685,29 +685,41 @@ def _param_specs(params: Any, owner: str) -> tuple[list[PathNames], list[Any], A
     return names, specs, treedef
 
 
-def _culprits(err: BaseException, labels: Mapping[int, str]) -> tuple[list[str], str]:
+def _culprits(err: BaseException, labels: Mapping[int, str],
+              avals: Mapping[str, tuple]) -> tuple[list[str], str]:
     """Inputs read by the failing library operation, and where the user's code called it.
 
     The operands of the failing operation are locals of the innermost JAX / Flax frame that
     holds any input at all (``a @ b`` fails in a frame holding ``a`` and ``b``), so naming
-    them says which input does not fit.
+    them says which input does not fit. Inside a nested trace (a ``jit`` or ``scan`` in the
+    function) the operands are new tracers: then the inputs with the shape and dtype of a
+    tracer in the innermost frame holding such a tracer are named, as likely culprits.
     """
-    frames = [(frame, line) for frame, line in traceback.walk_tb(err.__traceback__)]
     hits: list[str] = []
+    alike: list[str] = []
     where = ""
-    for frame, line in reversed(frames):
+    for frame, line in reversed(list(traceback.walk_tb(err.__traceback__))):
         filename = frame.f_code.co_filename
         if filename == __file__:
             continue
+        values = list(frame.f_locals.values())
+        tracers = {  # tracers of a nested trace (ours are matched by identity below)
+            _aval_key(v) for v in values if isinstance(v, jax.core.Tracer) and id(v) not in labels
+        }
+        alike = alike or [f"{text} (by shape)" for text, key in avals.items() if key in tracers]
         if not filename.startswith(_LIBRARY_DIRS):
             where = where or f" (in {frame.f_code.co_name}, {filename}:{line})"
-        elif not hits:
-            hits = [labels[id(v)] for v in frame.f_locals.values() if id(v) in labels]
-    return list(dict.fromkeys(hits)), where
+            continue
+        hits = hits or [labels[id(v)] for v in values if id(v) in labels]
+    return list(dict.fromkeys(hits or alike)), where
 
 
-def _failure(err: BaseException, labels: Mapping[int, str], owner: str,
-             summary: str) -> ValueError:
+def _aval_key(x: Any) -> tuple:
+    return tuple(x.shape), str(x.dtype)
+
+
+def _failure(err: BaseException, labels: Mapping[int, str], avals: Mapping[str, tuple],
+             owner: str, summary: str) -> ValueError:
     """The ValueError for a function that cannot be traced with the example inputs."""
     head = f"trace_routing could not trace {owner} with the example inputs"
     if isinstance(err, KeyError):
@@ -715,7 +727,7 @@ def _failure(err: BaseException, labels: Mapping[int, str], owner: str,
             f"{head}: it reads {err.args[0]!r}, which its inputs do not have (does the "
             "params tree match the function?)."
         )
-    culprits, where = _culprits(err, labels)
+    culprits, where = _culprits(err, labels, avals)
     if culprits:
         what = "the failing operation reads " + " and ".join(culprits)
     else:
@@ -739,6 +751,7 @@ def _trace(call: Callable[..., Any], params: Any, state: Any, args: Sequence[Any
     const = [i for i, (path, x) in enumerate(a_flat) if _is_array(x) and path[0].idx == 2]
     p_text = [f"params leaf {'/'.join(n)!r} {_aval_text(s)}" for n, s in zip(names, p_specs)]
     d_text = [f"{_input_text(a_flat[i][0], positional)} {_aval_text(a_leaves[i])}" for i in data]
+    d_specs = [a_leaves[i] for i in data]
     labels: dict[int, str] = {}
     held: list[Any] = []  # keeps the tracers alive so their ids stay unique
 
@@ -752,12 +765,12 @@ def _trace(call: Callable[..., Any], params: Any, state: Any, args: Sequence[Any
         return call(jax.tree_util.tree_unflatten(p_def, p), s, *a, **k)
 
     try:
-        closed = jax.make_jaxpr(traced)(
-            p_specs, [a_leaves[i] for i in const], [a_leaves[i] for i in data]
-        )
+        closed = jax.make_jaxpr(traced)(p_specs, [a_leaves[i] for i in const], d_specs)
     except Exception as err:  # any failure of the user's function is reported by input
-        summary = "; ".join([f"params ({len(names)} leaves)", *d_text])
-        raise _failure(err, labels, owner, summary) from err
+        count = f"{len(names)} leaf" if len(names) == 1 else f"{len(names)} leaves"
+        summary = "; ".join([f"params ({count})", *d_text])
+        avals = {t: _aval_key(x) for t, x in zip(p_text + d_text, p_specs + d_specs)}
+        raise _failure(err, labels, avals, owner, summary) from err
     kinds = ["param"] * len(names) + ["const"] * len(const) + ["data"] * len(data)
     shapes = [tuple(s.shape) for s in p_specs]
     return TracedRouting(types.MappingProxyType(_analyse(closed, kinds, names, shapes)))

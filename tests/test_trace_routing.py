@@ -474,6 +474,18 @@ def test_errors_name_the_input_or_leaf():
         fo.trace_routing(fn, params, x=jnp.zeros((2, 5)))
     with pytest.raises(ValueError, match=r"input batch\['x'\] float32\[2, 5\]"):
         fo.trace_routing(lambda p, batch: fn(p, batch["x"]), params, {"x": jnp.zeros((2, 5))})
+    with pytest.raises(ValueError, match=r"params leaf 'w2' float32\[16, 4\] \(by shape\)"):
+        # Inside a nested jit the operands are new tracers: named by shape and dtype.
+        fo.trace_routing(lambda p, x: jax.jit(lambda h, w: h @ w.T)(x @ p["w1"], p["w2"]),
+                         params, jnp.zeros((2, 8)))
+    with pytest.raises(ValueError, match=r"could not trace <lambda>.*carry input and carry"):
+        fo.trace_routing(lambda p, x: lax.scan(lambda c, w: (c @ w, None), x, p["s"])[0],
+                         {"s": jnp.zeros((3, 8, 5))}, jnp.zeros((2, 8)))
+    def fails(p, x):
+        raise RuntimeError("unsupported layer")
+
+    with pytest.raises(ValueError, match=r"inputs were params \(2 leaves\); input x float32"):
+        fo.trace_routing(fails, params, jnp.zeros((2, 8)))
     with pytest.raises(ValueError, match="'w2', which its inputs do not have"):
         fo.trace_routing(fn, {"w1": params["w1"]}, jnp.zeros((2, 8)))
     with pytest.raises(ValueError, match="params leaf w2 .* is str"):
