@@ -58,7 +58,7 @@ _MAX_FIXPOINT_PASSES = 16
 # Uses that read a leaf as a matrix; everything else is an AdamW use.
 _MATRIX_KINDS = ("dot", "conv")
 # Primitives that keep every axis in place (operands may differ in size along the axes).
-_AXIS_PRESERVING = ("concatenate", "pad", "slice", "rev", "select_n", "clamp")
+_AXIS_PRESERVING = ("concatenate", "split", "pad", "slice", "rev", "select_n", "clamp")
 # Where library operations live: a failing operation's operands are locals of these frames.
 _LIBRARY_DIRS = tuple(
     os.path.dirname(m.__file__) + os.sep for m in (jax, flax, np)
