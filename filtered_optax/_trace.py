@@ -799,6 +799,9 @@ def trace_routing(fn: Callable[..., Any] | nnx.Module, /, *args: Any,
       (the head) → ``"adam"``; conflicting uses (tied embeddings) → ``"adam"``;
     * never reached → None (the name presets decide).
 
+    Every output of the traced call counts as "the output": trace the function that returns
+    the logits (or the loss), not one that also returns hidden states.
+
     Args:
       fn: a function ``fn(params, *args, **kwargs)`` or an ``nnx.Module``.
       *args: for a function, ``params`` then its example inputs; for a module, its inputs.

@@ -565,3 +565,16 @@ def test_loop_carries_settle_and_size_one_axes_join_fan_in():
         assert rule.reason((name,)) == "dot: reduce (0,) out (1,)"
     assert rule(("kernel",), (5, 1, d)) == MatrixSpec((0, 1), (2,))
     assert rule.reason(("head",)) == "last projection → head"
+
+
+def test_tracing_a_loss_routes_like_tracing_the_forward():
+    """The head is found through a loss too: labels and log-softmax are not contractions."""
+    fn, params, (tokens,), _ = einsum_attention()
+
+    def loss(p, tokens, targets):
+        logits = fn(p, tokens)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+    forward = fo.trace_routing(fn, params, tokens)
+    through_loss = fo.trace_routing(loss, params, tokens, tokens)
+    assert dict(through_loss.decisions) == dict(forward.decisions)
