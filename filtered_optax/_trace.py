@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import flax
 import jax
 import numpy as np
+import optax
 from flax import nnx
 from jax.extend import core as jcore
 
@@ -61,7 +62,7 @@ _MATRIX_KINDS = ("dot", "conv")
 _AXIS_PRESERVING = ("concatenate", "split", "pad", "slice", "rev", "select_n", "clamp")
 # Where library operations live: a failing operation's operands are locals of these frames.
 _LIBRARY_DIRS = tuple(
-    os.path.dirname(m.__file__) + os.sep for m in (jax, flax, np)
+    os.path.dirname(m.__file__) + os.sep for m in (jax, flax, np, optax)
 )
 
 

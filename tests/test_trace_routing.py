@@ -414,6 +414,7 @@ def test_conflicting_axes_unreached_leaves_and_stacks():
     params = {"both": jnp.zeros((d, d)), "unused": jnp.zeros((d, d)), "emb": jnp.zeros((5, d)),
               "experts": jnp.zeros((3, d, d)), "fanout": jnp.zeros((3, d, d)),
               "layers": jnp.zeros((2, d, d)), "fused": jnp.zeros((d, 3 * d)),
+              "gate": jnp.zeros((d, 1)),
               "head": jnp.zeros((d, 2))}
 
     def fn(p, x, start):
@@ -421,6 +422,7 @@ def test_conflicting_axes_unreached_leaves_and_stacks():
         x = jnp.tanh(x @ p["both"]) @ p["both"].T  # contracted over both axes
         q, k, v = (x @ w for w in jnp.split(p["fused"], 3, axis=1))  # a fused weight, split
         x = x + jnp.tanh(q * k) * v
+        x = x * jax.nn.sigmoid(x @ p["gate"])  # a d × 1 "matrix"
         xe = jnp.stack([x, 2 * x, -x])
         x = jnp.einsum("ebd,edf->ebf", xe, p["experts"]).sum(0)  # batched over experts
         x = jnp.einsum("bd,edf->bef", x, p["fanout"]).mean(1)  # one matrix d × (e·f)
@@ -443,6 +445,8 @@ def test_conflicting_axes_unreached_leaves_and_stacks():
     assert rule.reason(("experts",)) == "dot: reduce (1,) out (2,); dot batch → stack axis 0"
     assert rule(("fanout",), (3, d, d)) == MatrixSpec((1,), (0, 2))
     assert rule(("fused",), (d, 3 * d)) == IN_OUT  # one d × 3d matrix, as the presets say
+    assert rule(("gate",), (d, 1)) == "adam"
+    assert rule.reason(("gate",)) == "dot: reduce (0,) out (1,) → a side of 1, not a matrix"
     assert rule(("layers",), (2, d, d)) == MatrixSpec((1,), (2,))
     assert rule.reason(("layers",)) == "dot: reduce (1,) out (2,); indexed → stack axis 0"
     assert "unused" in rule.table() and "conflicting uses" in str(rule)
