@@ -57,6 +57,9 @@ from filtered_optax._scaling import momentum_output as momentum_output
 from filtered_optax._scaling import normalize as normalize
 from filtered_optax._scaling import rms_normalize as rms_normalize
 from filtered_optax._scaling import sign_update as sign_update
+from filtered_optax._trace import TracedDecision as TracedDecision
+from filtered_optax._trace import TracedRouting as TracedRouting
+from filtered_optax._trace import trace_routing as trace_routing
 from filtered_optax._types import FilterResult as FilterResult
 from filtered_optax._types import FilterStats as FilterStats
 from filtered_optax._types import MatrixSpec as MatrixSpec

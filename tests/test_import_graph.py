@@ -15,7 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_filters", "_scaling", "_orthogonal"),
     ("_moments",),
     ("_alias",),
-    ("_routing", "_muon"),
+    ("_routing", "_muon", "_trace"),
     ("_monitor", "_describe"),
     ("__init__",),
 )
