@@ -101,7 +101,7 @@ def test_single_device_is_the_plain_call():
     fn = functools.partial(newton_schulz, coefficients="polar_express")
     np.testing.assert_array_equal(np.asarray(orthogonalize_stack(x, fn)), np.asarray(fn(x)))
     np.testing.assert_array_equal(
-        np.asarray(jax.jit(lambda s: orthogonalize_stack(s, fn))(x)), np.asarray(fn(x)))
+        np.asarray(jax.jit(lambda s: orthogonalize_stack(s, fn))(x)), np.asarray(jax.jit(fn)(x)))
 
 
 def test_one_device_mesh_with_an_explicit_axis_split():
