@@ -56,5 +56,6 @@ from filtered_optax._scaling import momentum_output as momentum_output
 from filtered_optax._scaling import normalize as normalize
 from filtered_optax._scaling import rms_normalize as rms_normalize
 from filtered_optax._scaling import sign_update as sign_update
+from filtered_optax._sharding import state_shardings as state_shardings
 
 __version__ = "0.1.0"
