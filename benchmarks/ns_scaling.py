@@ -157,7 +157,8 @@ def _worker_case(name: str, shapes: dict, layout: str) -> dict[str, Any]:
     fn = jax.jit(lambda ss: [orthogonalize_stack(s, newton_schulz) for s in ss])
     compiled = fn.lower(stacks).compile()
     out = compiled(stacks)
-    ref = [np.asarray(jax.jit(newton_schulz)(h)) for h in host]
+    ref = [np.asarray(jax.jit(newton_schulz)(jax.device_put(h, jax.devices()[0])))
+           for h in host]
     diff = max(float(np.max(np.abs(np.asarray(o) - r))) for o, r in zip(out, ref))
     kept = all(o.sharding.is_equivalent_to(s.sharding, 3) for o, s in zip(out, stacks))
     hlo = compiled.as_text()
