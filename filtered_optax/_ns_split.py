@@ -71,12 +71,15 @@ def _padded_spec(spec: Any, ndim: int) -> tuple[Any, ...]:
     return spec + (None,) * (ndim - len(spec))
 
 
-def stack_layout(x: jax.Array, out_sharding: Any = None) -> StackLayout | None:
-    """Reads the mesh and PartitionSpec of ``x`` (concrete or traced); None on one device.
+def stack_layout(
+    x: jax.Array, out_sharding: NamedSharding | None = None
+) -> StackLayout | None:
+    """Reads the mesh and PartitionSpec of ``x``, concrete or traced.
 
     A concrete array answers through ``x.sharding``; a tracer through ``jax.typeof(x)``, which
-    holds the full spec on an Explicit mesh and only the mesh on an Auto one. There the spec of
-    ``out_sharding`` (a NamedSharding), when given, stands in for the unknown spec.
+    holds the full spec on an Explicit mesh but only the mesh on an Auto one. There the spec of
+    ``out_sharding``, when given, stands in for the unknown spec (and its mesh for a missing
+    one).
 
     Args:
         x: the stack.
@@ -85,21 +88,21 @@ def stack_layout(x: jax.Array, out_sharding: Any = None) -> StackLayout | None:
     Returns:
         A :class:`StackLayout`, or None when ``x`` is not on a mesh.
     """
-    if isinstance(x, jax.core.Tracer):
-        sharding = getattr(jax.typeof(x), "sharding", None)
-    else:
-        sharding = getattr(x, "sharding", None)
+    traced = isinstance(x, jax.core.Tracer)
+    sharding = getattr(jax.typeof(x) if traced else x, "sharding", None)
     mesh = getattr(sharding, "mesh", None)
-    if mesh is None and isinstance(out_sharding, NamedSharding):
-        sharding, mesh = out_sharding, out_sharding.mesh
     if mesh is None or getattr(mesh, "empty", False):
-        return None
+        if out_sharding is None:
+            return None
+        sharding, mesh, traced = out_sharding, out_sharding.mesh, False
     explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
-    spec = _padded_spec(sharding.spec, x.ndim)
-    known = explicit or not isinstance(x, jax.core.Tracer) or sharding is out_sharding
-    if not known and isinstance(out_sharding, NamedSharding):
-        spec, known = _padded_spec(out_sharding.spec, x.ndim), True
-    return StackLayout(mesh, spec if known else None, explicit)
+    if explicit or not traced:
+        spec = _padded_spec(sharding.spec, x.ndim)
+    elif out_sharding is not None:
+        spec = _padded_spec(out_sharding.spec, x.ndim)
+    else:
+        spec = None
+    return StackLayout(mesh, spec, explicit)
 
 
 def split_axes(layout: StackLayout, split: Split = "auto") -> tuple[str, ...]:
@@ -184,7 +187,7 @@ def orthogonalize_stack(
     orthogonalize_fn: Callable[[jax.Array], jax.Array] = newton_schulz,
     *,
     split: Split = "auto",
-    out_sharding: Any = None,
+    out_sharding: NamedSharding | None = None,
 ) -> jax.Array:
     r"""Orthogonalizes a stack ``(n, a, b)`` with each device working on its own matrices.
 
@@ -235,15 +238,18 @@ def orthogonalize_stack(
             return orthogonalize_fn(stack)
         # Explicit mesh, no split: still gather each matrix whole (NS contracts its axes).
         axes = _entry_axes(layout.spec[0])
+    back = out_sharding.spec if out_sharding is not None else layout.spec
+    back_axes = _entry_axes(_padded_spec(back, 3)[0]) if back is not None else ()
     n = stack.shape[0]
-    x = _pad_rows(stack, math.prod(layout.mesh.shape[a] for a in axes))
+    # A multiple of the split devices, and of the result's own stack-axis shards.
+    x = _pad_rows(stack, math.lcm(*(math.prod(layout.mesh.shape[a] for a in group)
+                                    for group in (axes, back_axes))))
     route = _route(layout, axes)
     for spec in route:
         x = _constrain(x, layout, spec)
     x = orthogonalize_fn(x)
     for spec in reversed(route[:-1]):
         x = _constrain(x, layout, spec)
-    back = out_sharding.spec if out_sharding is not None else layout.spec
     if back is not None:
         # Padded rows are dropped after the move back: on an Explicit mesh a slice must not
         # cut a sharded axis unevenly.
