@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
@@ -90,6 +91,19 @@ def test_single_device_and_shapes_only():
     sh = fo.state_shardings(tx, shapes, param_sh)
     assert sh[0].mu["w"] == param_sh["w"] and sh[0].nu["b"] == param_sh["b"]
     assert sh[0].count == NamedSharding(mesh, P())
+
+
+def test_wrappers_keep_hyperparameters_replicated():
+    mesh = jax.make_mesh((1,), ("x",))
+    params = {"w": jax.device_put(jnp.zeros((4, 3)), NamedSharding(mesh, P("x", None)))}
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.inject_hyperparams(fo.filtered_adam)(learning_rate=1e-3))
+    sh = fo.state_shardings(tx, params)
+    inner = sh[1].inner_state[0]
+    assert inner.mu["w"] == params["w"].sharding and inner.nu["w"] == params["w"].sharding
+    assert sh[1].hyperparams["learning_rate"] == NamedSharding(mesh, P())
+    state = jax.jit(tx.init, out_shardings=sh)(params)
+    assert state[1].inner_state[0].mu["w"].sharding == params["w"].sharding
 
 
 def test_bad_arguments():
