@@ -59,12 +59,17 @@ def test_init_shards_moments_like_their_parameters(rows, name):
         assert r["bare_sharded_moments"] < r["sharded_moments"], r  # control
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", ids())
+CASES = [
+    pytest.param(name, mode, id=f"{name}-{mode}", marks=pytest.mark.xfail(
+        strict=False, reason="fo.muon on an Explicit mesh without jax.set_mesh: fixed by "
+        "the Muon rewrite")) if (name, mode) in MUON_EXPLICIT_XFAIL else
+    pytest.param(name, mode, id=f"{name}-{mode}")
+    for name in ids() for mode in MODES
+]
+
+
+@pytest.mark.parametrize("name, mode", CASES)
 def test_updates_on_a_mesh_equal_one_device(rows, name, mode):
-    if (name, mode) in MUON_EXPLICIT_XFAIL:
-        pytest.xfail("fo.muon on an Explicit mesh without jax.set_mesh: fixed by the Muon "
-                     "rewrite")
     r = _one(rows, kind="mode", optimizer=name, mode=mode)
     assert "error" not in r, r["error"]
     assert r["err"] <= 1e-6, r
