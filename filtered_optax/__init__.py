@@ -57,6 +57,7 @@ from filtered_optax._scaling import momentum_output as momentum_output
 from filtered_optax._scaling import normalize as normalize
 from filtered_optax._scaling import rms_normalize as rms_normalize
 from filtered_optax._scaling import sign_update as sign_update
+from filtered_optax._sharding import state_shardings as state_shardings
 from filtered_optax._trace import TracedDecision as TracedDecision
 from filtered_optax._trace import TracedRouting as TracedRouting
 from filtered_optax._trace import trace_routing as trace_routing

@@ -114,19 +114,6 @@ def local_slice(x: np.ndarray) -> np.ndarray:
     return x[rank * per:(rank + 1) * per]
 
 
-def state_shardings(tx, params, param_sh, replicated):
-    """Shardings for ``tx.init(params)``: every param-shaped tree in the state (mu, nu, ...)
-    takes ``param_sh``, everything else (step counts, scalars) ``replicated``."""
-    return optax.tree.map_params(
-        tx,
-        lambda _, sharding: sharding,
-        jax.eval_shape(tx.init, params),
-        param_sh,
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, optax.MaskedNode),  # optax.masked / partition
-    )
-
-
 def train(name: str, steps: int, mesh: Mesh | None) -> dict[str, Any]:
     """Trains on ``mesh`` (sharded) or on one device (``mesh=None``)."""
     tx = OPTIMIZERS[name]()
@@ -144,7 +131,7 @@ def train(name: str, steps: int, mesh: Mesh | None) -> dict[str, Any]:
     # The optimizer state gets its parameters' shardings, scalars (count, ...) replicated.
     # (A bare jax.jit(tx.init)(params) would replicate mu / nu: zeros do not depend on the
     # parameters' values, so nothing propagates their sharding to them.)
-    state_sh = state_shardings(tx, params, param_sh, scalar_sh)
+    state_sh = fo.state_shardings(tx, params)
     state = jax.jit(tx.init, out_shardings=state_sh)(params)
 
     # Pin the output shardings: otherwise XLA may pick other layouts for the new params

@@ -12,11 +12,11 @@ PACKAGE = pathlib.Path(__file__).parent.parent / "filtered_optax"
 # must have no cycle (which catches two modules of one layer importing each other).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_validation", "_record", "_types", "_paths"),
-    ("_filters", "_scaling", "_orthogonal"),
+    ("_filters", "_scaling", "_orthogonal", "_ns_split"),
     ("_moments",),
     ("_alias",),
     ("_routing", "_muon", "_trace"),
-    ("_monitor", "_describe"),
+    ("_monitor", "_describe", "_sharding"),
     ("__init__",),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
