@@ -28,11 +28,16 @@ def _finish(
     weight_decay: float | None = None,
     mask: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Appends the optional decoupled weight decay and the learning rate (negated)."""
+    """Appends the optional decoupled weight decay and the learning rate (negated).
+
+    ``weight_decay=None`` means no decay stage (for the aliases without one); the AdamW
+    aliases check theirs first, so None there is a ``TypeError``.
+    """
     _validation.check_learning_rate(learning_rate)
     stages = [tx]
     if weight_decay is not None:
-        _validation.check_non_negative("weight_decay", weight_decay)
+        # optax.add_decayed_weights accepts a schedule, and so do optax's adamw and ours.
+        _validation.check_non_negative("weight_decay", weight_decay, schedule=True)
         stages.append(optax.add_decayed_weights(weight_decay, mask))
     stages.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*stages)
@@ -93,7 +98,6 @@ def filtered_adam(
     References:
       Kingma & Ba, arXiv:1412.6980 (Adam); SPEC section A (the filter).
     """
-    _validation.check_non_negative("eps", eps)
     return _finish(
         with_moments(
             filter=kalman_filter(eta, gamma, warmup, kappa, stats=stats),
@@ -144,7 +148,7 @@ def filtered_adamw(
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
-    _validation.check_non_negative("eps", eps)
+    _validation.check_non_negative("weight_decay", weight_decay, schedule=True)
     return _finish(
         with_moments(
             filter=kalman_filter(eta, gamma, warmup, kappa, stats=stats),
@@ -239,6 +243,7 @@ def adamw(
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
+    _validation.check_non_negative("weight_decay", weight_decay, schedule=True)
     return _finish(
         with_moments(moments=ema(b1, b2), scale=normalize(eps, eps_root, nesterov=nesterov),
                      mu_dtype=mu_dtype, nu_dtype=nu_dtype),
@@ -255,6 +260,7 @@ def rmsprop(
     eps: float = 1e-8,
     initial_scale: float = 0.0,
     eps_in_sqrt: bool = True,
+    centered: bool = False,
     momentum: float | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
@@ -267,8 +273,10 @@ def rmsprop(
     .. math:: v_t = \rho v_{t-1} + (1-\rho) g_t^2, \quad
               \theta_{t+1} = \theta_t - \alpha_t \frac{g_t}{\sqrt{v_t + \epsilon}}
 
-    Equal to ``optax.rmsprop`` (uncentred) with the same arguments; ``momentum`` adds
-    optax's trace after the learning rate, as optax does.
+    and, ``centered``, :math:`m_t = \rho m_{t-1} + (1-\rho) g_t` with
+    :math:`v_t - m_t^2` in place of :math:`v_t`. Equal to ``optax.rmsprop`` with the same
+    arguments (in the same positional order); ``momentum`` adds optax's trace after the
+    learning rate, as optax does.
 
     Args:
       learning_rate: a constant >= 0 or a schedule.
@@ -276,9 +284,11 @@ def rmsprop(
       eps: stabilizer, >= 0.
       initial_scale: starting value of ``v``.
       eps_in_sqrt: put ``eps`` inside the square root.
+      centered: divide by the (estimated) standard deviation of the gradient rather than
+        its root mean square; keeps one more parameter-sized buffer, ``mu``.
       momentum: optional heavy-ball momentum applied to the scaled update.
       nesterov: Nesterov form of that momentum.
-      bias_correction: divide ``v`` by ``1 - decay^t``.
+      bias_correction: divide ``v`` (and ``m``) by ``1 - decay^t``.
       mu_dtype: storage dtype of the momentum trace (None = the parameters' dtype).
       nu_dtype: storage dtype of ``v`` (None = the parameters' dtype); arithmetic is float32.
 
@@ -287,18 +297,22 @@ def rmsprop(
 
     Example:
       >>> import filtered_optax as fo
-      >>> tx = fo.rmsprop(1e-3, decay=0.9)
+      >>> tx = fo.rmsprop(1e-3, decay=0.9, centered=True)
 
     References:
-      Tieleman & Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012.
+      Tieleman & Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012;
+      Graves, arXiv:1308.0850 (centred).
     """
+    _validation.check_bool("nesterov", nesterov)
     tx = with_moments(
-        moments=second_moment(decay, initial_scale),
-        scale=rms_normalize(eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction),
+        moments=second_moment(decay, initial_scale, centered=centered),
+        scale=rms_normalize(
+            eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction, centered=centered
+        ),
         nu_dtype=nu_dtype,
     )
     tx = _finish(tx, learning_rate)
-    mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
+    mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype, allow_complex=True)
     if momentum is None:
         return tx
     _validation.check_non_negative("momentum", momentum)
@@ -358,6 +372,7 @@ def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: float | None = None,
     nesterov: bool = False,
+    accumulator_dtype: Any = None,
     *,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -367,13 +382,16 @@ def sgd(
     .. math:: m_t = \mu m_{t-1} + g_t, \quad
               \theta_{t+1} = \theta_t - \alpha_t\, (m_t \ \text{or}\ g_t + \mu m_t)
 
-    Equal to ``optax.sgd`` with the same arguments.
+    Equal to ``optax.sgd`` with the same arguments (in the same positional order).
 
     Args:
       learning_rate: a constant >= 0 or a schedule.
       momentum: :math:`\mu \ge 0`, or None for plain SGD (no state).
       nesterov: Nesterov look-ahead.
-      mu_dtype: storage dtype of the momentum ``m`` (None = the parameters' dtype).
+      accumulator_dtype: storage dtype of the momentum ``m`` (None = the parameters'
+        dtype), optax's name for it.
+      mu_dtype: the same, under the name the other optimizers of this package use; give
+        at most one of the two.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -386,11 +404,20 @@ def sgd(
       Sutskever et al., "On the importance of initialization and momentum in deep
       learning", ICML 2013.
     """
+    if accumulator_dtype is not None and mu_dtype is not None:
+        raise TypeError(
+            "accumulator_dtype and mu_dtype name the same thing (the momentum's storage "
+            f"dtype); give one of them, got accumulator_dtype={accumulator_dtype!r} and "
+            f"mu_dtype={mu_dtype!r}."
+        )
+    name = "mu_dtype" if accumulator_dtype is None else "accumulator_dtype"
+    given = accumulator_dtype if mu_dtype is None else mu_dtype
+    dtype = _validation.check_float_dtype(name, given, allow_complex=True)
+    _validation.check_bool("nesterov", nesterov)
     if momentum is None:
-        _validation.check_float_dtype("mu_dtype", mu_dtype)
         return _finish(optax.identity(), learning_rate)
     return _finish(
         with_moments(moments=heavy_ball(momentum), scale=momentum_output(nesterov=nesterov),
-                     mu_dtype=mu_dtype),
+                     mu_dtype=dtype),
         learning_rate,
     )
