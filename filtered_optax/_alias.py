@@ -11,11 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from filtered_optax import _record, _validation
 from filtered_optax._filters import kalman_filter
-from filtered_optax._moments import belief, ema, heavy_ball, second_moment, with_moments
+from filtered_optax._moments import (
+    WithMomentsState,
+    belief,
+    ema,
+    heavy_ball,
+    second_moment,
+    with_moments,
+)
 from filtered_optax._scaling import momentum_output, normalize, rms_normalize
 
 ScalarOrSchedule = float | Callable[[Any], Any]
@@ -417,7 +425,33 @@ def sgd(
     if momentum is None:
         return _finish(optax.identity(), learning_rate)
     return _finish(
-        with_moments(moments=heavy_ball(momentum), scale=momentum_output(nesterov=nesterov),
-                     mu_dtype=dtype),
+        _trace_state(
+            with_moments(moments=heavy_ball(momentum), scale=momentum_output(nesterov=nesterov),
+                         mu_dtype=dtype)
+        ),
         learning_rate,
     )
+
+
+def _trace_state(
+    tx: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+    """``with_moments(heavy_ball, momentum_output)`` keeping optax.sgd's state layout.
+
+    The state is ``optax.TraceState(trace=m)``, as ``optax.sgd``'s, so checkpoints are
+    interchangeable and ``optax.tree.get(state, "trace")`` works. Neither stage reads the
+    step count or holds state of its own, so ``m`` is all there is to keep.
+    """
+
+    def unpack(state: optax.TraceState) -> WithMomentsState:
+        empty = optax.EmptyState()
+        return WithMomentsState(jnp.zeros([], jnp.int32), state.trace, None, empty, empty)
+
+    def init_fn(params):
+        return optax.TraceState(trace=tx.init(params).mu)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, new = tx.update(updates, unpack(state), params, **extra_args)
+        return updates, optax.TraceState(trace=new.mu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
