@@ -523,11 +523,12 @@ def _value(value: Any) -> Value:
     return type(value).__qualname__ if " at 0x" in text else text
 
 
-def _callable_text(fn: Any) -> str:
+def _callable_text(fn: Any, depth: int = 0) -> str:
     """``factory(k=v, ...)`` for a closure over describable values (every optax schedule,
     joined ones with their parts and boundaries), the public name of a function that its
-    name identifies, or an opaque token that is equal only for the same object."""
-    text = _closure_text(fn, 0)
+    name identifies, a stateless function by its code, or else an opaque token that is
+    equal only for the same object."""
+    text = _closure_text(fn, depth)
     if text is not None:
         return text
     if _named_function(fn):
@@ -635,11 +636,8 @@ def _closure_value(value: Any, depth: int) -> str | None:
         if any(k is None or v is None for k, v in items):
             return None
         return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
-    if callable(value):
-        text = _closure_text(value, depth + 1)
-        if text is None and _named_function(value):
-            text = _function_name(value)
-        return text if text is not None else _code_text(value)
+    if callable(value):  # a callable that cannot be written out is shown by its token
+        return _callable_text(value, depth + 1)
     return None
 
 
