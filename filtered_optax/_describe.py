@@ -56,7 +56,10 @@ class Description:
     Attributes:
       name: the stage's public name, e.g. ``"fo.with_moments"`` or ``"optax.scale_by_adam"``.
       hyperparams: ``(name, value)`` pairs, defaults applied; values are None, bool, int,
-        float, str or tuples of them (dtypes as their names, functions as their names).
+        float, str or tuples of them (dtypes as their names; schedules and other closures
+        written out as ``factory(k=v, ...)``, module-level functions as their names,
+        stateless lambdas as ``name (code <hash>)``, anything else as an opaque token that
+        is equal only for the same object).
       children: ``(label, Description)`` pairs; the label is the partition group, the
         argument name (``filter``, ``moments``, ``scale``), or ``""`` for a chain member.
       params: paths of the parameters this stage receives, when it is one branch of an
