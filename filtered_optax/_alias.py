@@ -104,7 +104,7 @@ def filtered_adam(
       >>> params = optax.apply_updates(params, updates)
 
     References:
-      Kingma & Ba, arXiv:1412.6980 (Adam); SPEC section A (the filter).
+      Kingma & Ba, arXiv:1412.6980 (Adam); README, "The filter".
     """
     return _finish(
         with_moments(

@@ -191,7 +191,7 @@ def kalman_filter_math(
     warmup: int = 20,
     kappa: float = 1e-2,
 ) -> FilterResult:
-    r"""The robust Kalman innovation filter on one array (SPEC section A).
+    r"""The robust Kalman innovation filter on one array (README, "The filter").
 
     With :math:`\hat m, \hat v` the bias-corrected previous moments, :math:`s=\sqrt{\hat v}`,
     :math:`d = g - \hat m` and
@@ -441,7 +441,7 @@ def kalman_filter(
       >>> tx = fo.with_moments(filter=fo.kalman_filter(eta=0.9, gamma=10.0))
 
     References:
-      SPEC section A; Mehra, IEEE TAC 1970 (adaptive Kalman filtering by covariance
+      README, "The filter"; Mehra, IEEE TAC 1970 (adaptive Kalman filtering by covariance
       matching).
     """
     _validation.check_range("eta", eta, low=0.0, high=1.0)
@@ -517,7 +517,7 @@ def zscore_filter(
       >>> tx = fo.with_moments(filter=fo.zscore_filter(gamma=5.0))
 
     References:
-      SPEC section A (filter family for ablations).
+      README, "The filter" (filter family for ablations).
     """
     _validation.check_range("gamma", gamma, low=0.0, low_open=True, hint=CLIP_OFF_HINT)
     _validation.check_non_negative_int("warmup", warmup)
@@ -551,7 +551,7 @@ def soft_clip_filter(
       >>> tx = fo.with_moments(filter=fo.soft_clip_filter(gamma=10.0))
 
     References:
-      SPEC section A (filter family for ablations).
+      README, "The filter" (filter family for ablations).
     """
     _validation.check_range("gamma", gamma, low=0.0, low_open=True, hint=CLIP_OFF_HINT)
     _validation.check_non_negative_int("warmup", warmup)

@@ -1,7 +1,7 @@
 """Independent NumPy implementations used as test oracles.
 
-Written from SPEC section A directly, element by element, without sharing code with the
-library.
+Written from the README's "The filter" table directly, element by element, without
+sharing code with the library.
 """
 
 from __future__ import annotations
