@@ -1,4 +1,6 @@
-"""``benchmarks.data`` is ``benchmarks.core.data`` (kept importable for the notebooks and tests/test_muon.py)."""
+"""``benchmarks.data`` is ``benchmarks.core.data``
+
+Kept importable for the notebooks and tests/test_muon.py."""
 
 import sys
 

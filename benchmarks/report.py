@@ -1,4 +1,6 @@
-"""``benchmarks.report`` is ``benchmarks.suite.report`` (kept importable for tests/test_shipped_data.py)."""
+"""``benchmarks.report`` is ``benchmarks.suite.report``
+
+Kept importable for tests/test_shipped_data.py."""
 
 import sys
 

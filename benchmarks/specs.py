@@ -1,4 +1,6 @@
-"""``benchmarks.specs`` is ``benchmarks.core.specs`` (kept importable for tests/test_describe.py)."""
+"""``benchmarks.specs`` is ``benchmarks.core.specs``
+
+Kept importable for tests/test_describe.py."""
 
 import sys
 

@@ -1,4 +1,6 @@
-"""``benchmarks.suites`` is ``benchmarks.suite.suites`` (kept importable for tests/test_describe.py)."""
+"""``benchmarks.suites`` is ``benchmarks.suite.suites``
+
+Kept importable for tests/test_describe.py."""
 
 import sys
 

@@ -1,33 +1,40 @@
-"""Run a suite: network LR sweeps, corrupt-batch spikes, the noisy quadratics and the cost
-benchmark, appending one JSON line per run to ``<out>/runs.jsonl`` and resuming from it.
+"""Run a suite into ``<out>/runs.jsonl`` (one stamped record per run), resuming from it.
 
-A run is (task, optimizer spec, learning rate, seed, steps). Seeds of one (task, spec, lr)
-share one call of a program compiled once per (task, spec); finished runs (matched by key,
-which includes the data id and the task configuration) are never redone.
+Per network task: (1) **tune** every spec's learning rate on the tuning seeds (validation
+split), extending the LR window until the optimum is interior; Muon specs are derived from the
+tuned AdamW (its b2 and weight decay) and tuned the same way; (2) **evaluate** each tuned
+configuration on the evaluation seeds (test split); (3) the **spike sweep** and the **natural
+instability** run on the evaluation seeds at the tuned configurations. Quadratics: every LR ×
+variant × seed of a spec in one compiled call; the analysis picks the LR on the tuning seeds.
+
+Records from other code (another commit or other uncommitted edits) are never reused: the old
+file is moved aside and the suite reruns.
 """
 
 from __future__ import annotations
 
 import math
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks import data as data_lib
-from benchmarks import metrics as metrics_lib
-from benchmarks import quadratic, records
-from benchmarks import specs as specs_lib
-from benchmarks.suites import PROBE_UPPER, NetPlan, Suite, lr_window
-from benchmarks.tasks import TASK_BUILDERS, NetTask
-from benchmarks.train import PROBE_AFTER, PROBE_BEFORE, make_train_fn
+from benchmarks.core import cost as cost_lib
+from benchmarks.core import data as data_lib
+from benchmarks.core import metrics as metrics_lib
+from benchmarks.core import records
+from benchmarks.core import specs as specs_lib
+from benchmarks.core.provenance import provenance, stamp
+from benchmarks.suite import quadratic
+from benchmarks.suite import suites as suites_lib
+from benchmarks.suite.suites import NetPlan, Suite
+from benchmarks.suite.tasks import TASK_BUILDERS, NetTask
+from benchmarks.suite.train import PROBE_AFTER, hyper, make_train_fn
 
-BAND = 1.1  # "within 10 % of the best" for LR bands and upward probing
+Rec = dict[str, Any]
 
 
 def log(msg: str) -> None:
@@ -35,49 +42,20 @@ def log(msg: str) -> None:
     tqdm.write(msg)
 
 
-def library_commit() -> str:
-    """Git commit of the repository, with ``+dirty`` when ``filtered_optax/`` has local edits."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "filtered_optax"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + ("+dirty" if dirty.strip() else "")
-
-
-def env_info() -> dict[str, Any]:
-    """Versions and machine facts stored with every record."""
-    import flax
-    import optax
-
-    return {
-        "python": platform.python_version(), "jax": jax.__version__, "optax": optax.__version__,
-        "flax": flax.__version__, "backend": jax.default_backend(),
-        "machine": platform.machine(), "cpus": __import__("os").cpu_count(),
-        "commit": library_commit(),
-    }
-
-
 def score(metrics: dict[str, Any], higher_better: bool) -> float:
-    """Lower-is-better score for LR tuning: val loss, or 1 − val accuracy; ∞ when diverged."""
+    """Lower-is-better tuning score: final val loss, or 1 − val accuracy; ∞ when diverged."""
     v = metrics.get("final_val_metric")
     if metrics.get("diverged") or v is None:
         return math.inf
     return 1.0 - v if higher_better else v
 
 
-def next_lr_exp(scores: dict[int, float], window: tuple[int, int], max_extend: int,
-                probe_upper: bool) -> int | None:
+def next_lr_exp(scores: dict[int, float], window: tuple[int, int], max_extend: int
+                ) -> int | None:
     """Next LR exponent to run, or None when the search is done (pure, deterministic).
 
     Fill the initial window; then extend by one point past an edge that holds the best score
-    (at most ``max_extend`` points per side); with ``probe_upper``, keep going up while the top
-    rate is still within 10 % of the best.
+    (at most ``max_extend`` points per side), so the chosen rate is interior when possible.
     """
     lo, hi = window
     for k in range(lo, hi + 1):
@@ -93,243 +71,207 @@ def next_lr_exp(scores: dict[int, float], window: tuple[int, int], max_extend: i
         return ks[0] - 1
     if best == ks[-1] and can_up:
         return ks[-1] + 1
-    top = scores[ks[-1]]
-    if probe_upper and can_up and math.isfinite(top) and top <= BAND * scores[best]:
-        return ks[-1] + 1
     return None
+
+
+def adamw_params(spec_text: str) -> tuple[float, float]:
+    """(b2, weight_decay) of an ``adamw`` spec, with the registry's defaults filled in."""
+    spec = specs_lib.parse_spec(spec_text)
+    kw = {**(spec.entry.params or {}), **dict(spec.base.kwargs)}
+    return float(kw["b2"]), float(kw["weight_decay"])
 
 
 class Runner:
     """Executes a :class:`Suite` into ``out_dir`` (see module docstring)."""
 
-    def __init__(self, suite: Suite, out_dir: Path, data_path: str | None = None,
-                 mnist1d_path: str | None = None, fashion_dir: str | None = None,
-                 only_tasks: tuple[str, ...] | None = None, run_cost: bool = True) -> None:
-        self.suite = suite
-        self.out = Path(out_dir)
+    def __init__(self, suite: Suite, out_dir: Path, paths: dict[str, str | None] | None = None,
+                 only: tuple[str, ...] | None = None, run_cost: bool = True) -> None:
+        self.suite, self.out = suite, Path(out_dir)
         self.jsonl = self.out / "runs.jsonl"
-        self.paths = {"lm": data_path, "mnist1d_mlp": mnist1d_path,
-                      "mnist1d_cnn": mnist1d_path, "fashion_mlp": fashion_dir}
-        self.only = only_tasks
-        self.run_cost = run_cost
-        self.done = records.by_key(records.load(self.jsonl))
-        self.env = env_info()
+        self.paths = paths or {}
+        self.only, self.run_cost = only, run_cost
+        self.prov = provenance()
+        self.done = records.by_key(self._same_code(records.load(self.jsonl)))
         self.skipped: list[str] = []
         self.stats = {"units_run": 0, "units_skipped_done": 0}
 
-    # ------------------------------------------------------------------ bookkeeping
-    def _write(self, recs: list[dict[str, Any]]) -> None:
+    def _same_code(self, recs: list[Rec]) -> list[Rec]:
+        """``recs`` if they all come from this code, else [] with the old file moved aside."""
+        mine = stamp(self.prov)
+        if all(stamp(r.get("provenance", {})) == mine for r in recs):
+            return recs
+        aside = self.jsonl.with_name(f"runs.stale-{time.strftime('%Y%m%dT%H%M%S')}.jsonl")
+        self.jsonl.rename(aside)
+        log(f"{self.jsonl} holds records of other code: moved to {aside.name}; rerunning")
+        return []
+
+    def _write(self, recs: list[Rec]) -> None:
         records.append(self.jsonl, recs)
-        for r in recs:
-            self.done[r["key"]] = r
+        self.done.update({r["key"]: r for r in recs})
 
     def _skip(self, msg: str) -> None:
         if msg not in self.skipped:
             self.skipped.append(msg)
             log(f"SKIP {msg}")
 
-    def _available(self, spec_text: str) -> specs_lib.OptSpec | None:
-        spec = specs_lib.parse_spec(spec_text)
-        why = specs_lib.check_available(spec)
-        if why:
-            self._skip(f"{spec.text}: {why}")
-            return None
-        return spec
-
     # ------------------------------------------------------------------ network tasks
-    def build_task(self, plan: NetPlan) -> NetTask | None:
-        """Build a task, or record why it is skipped."""
-        try:
-            return TASK_BUILDERS[plan.task](self.paths.get(plan.task), **plan.kwargs)
-        except data_lib.DataUnavailable as e:
-            self._skip(f"task {plan.task}: {e}")
-            return None
-
-    def _net_key(self, kind: str, task: NetTask, spec: str, k: int, seed: int) -> str:
-        cfg = records.config_hash([task.config, task.steps, task.eval_every, task.target])
-        return records.make_key(kind, self.suite.name, task.name, task.data_id, cfg, spec, k,
-                                seed, task.steps)
-
-    def _run_net_unit(self, task: NetTask, spec: specs_lib.OptSpec, fn: Callable, k: int,
-                      kind: str, spike_step: int | None) -> list[dict[str, Any]]:
-        seeds = list(range(self.suite.seeds))
-        keys = [self._net_key(kind, task, spec.text, k, s) for s in seeds]
-        if all(key in self.done for key in keys):
-            self.stats["units_skipped_done"] += 1
-            return [self.done[key] for key in keys]
-        t0 = time.perf_counter()
-        out = fn(2.0**k, np.asarray(seeds), spike_step)
-        dt = time.perf_counter() - t0
-        self.stats["units_run"] += 1
+    def _net_records(self, kind: str, task: NetTask, plan: NetPlan, spec: str, lr: float,
+                     warmup: int, seeds: tuple[int, ...], out: dict[str, np.ndarray], i: int,
+                     inj: dict[str, Any] | None, dt: float) -> list[Rec]:
+        """One record per seed from row ``i`` of a training call's output."""
         recs = []
-        for i, s in enumerate(seeds):
-            one = {name: v[i] for name, v in out.items()}
-            m = metrics_lib.net_metrics(one, task.eval_every, task.target, task.higher_better)
-            curves = {"train_loss": one["train_loss"], "val_loss": one["val_loss"],
-                      "val_metric": one["val_metric"]}
-            if "spike_fraction" in one:
-                curves["spike_fraction"] = one["spike_fraction"]
-                curves["mean_gain"] = one["mean_gain"]
-            if "max_sqrt_nu" in one and np.isfinite(one["max_sqrt_nu"]).any():
-                m["final_max_sqrt_nu"] = float(one["max_sqrt_nu"][-1])
-            rec = {
-                "schema": records.SCHEMA, "kind": kind, "key": keys[i], "suite": self.suite.name,
+        for j, s in enumerate(seeds):
+            one = {name: v[i, j] for name, v in out.items()}
+            m = metrics_lib.net_metrics(one, task.eval_every, plan.targets, task.higher_better)
+            fields: dict[str, Any] = {
                 "task": task.name, "data_id": task.data_id, "task_config": task.config,
-                "spec": spec.text, "lr": 2.0**k, "lr_exp": k, "seed": s, "steps": task.steps,
+                "spec": spec, "lr": lr, "warmup": warmup, "seed": s, "steps": task.steps,
                 "eval_every": task.eval_every, "metric": task.metric,
-                "higher_better": task.higher_better, "target": task.target,
-                "n_params": task.n_params, "metrics": m, "curves": curves,
-                "time_s": dt / len(seeds), "compile_mode":
-                    "static_lr" if fn.mode["static"] else "traced_lr",  # type: ignore[attr-defined]
-                "env": self.env,
-            }
-            if spike_step is not None:
-                rec["spike_step"] = spike_step
-                rec["metrics"].update(metrics_lib.spike_metrics(
-                    one["probe_loss"], one["max_sqrt_nu"], spike_step,
-                    min(PROBE_AFTER, task.steps - spike_step)))
-                lo = max(0, spike_step - PROBE_BEFORE)
-                hi = min(task.steps, spike_step + PROBE_AFTER)
-                rec["curves"]["probe_loss"] = one["probe_loss"][lo:hi]
-                rec["curves"]["max_sqrt_nu"] = one["max_sqrt_nu"][lo:hi]
-                rec["curves"]["window_start"] = lo
-            recs.append(rec)
+                "higher_better": task.higher_better, "targets": list(plan.targets),
+                "n_params": task.n_params, "metrics": m, "time_s": dt / len(seeds),
+                "step_time_s": dt / len(seeds) / task.steps}
+            if kind != "tune":
+                fields["curves"] = {"val_metric": one["val_metric"], "val_loss": one["val_loss"]}
+            if kind == "spike":
+                fields["injection"] = inj
+                m.update(metrics_lib.spike_metrics(one["probe_loss"], one["max_sqrt_nu"],
+                                                   inj["step"], min(PROBE_AFTER,
+                                                                    task.steps - inj["step"])))
+            cfg = [task.name, task.data_id, task.config, task.steps, spec, lr, warmup, s, inj]
+            recs.append(records.make_record(kind, suite=self.suite.name, provenance=self.prov,
+                                            config=cfg, key_parts=(task.name, spec, s), **fields))
+        return recs
+
+    def _unit(self, kind: str, task: NetTask, plan: NetPlan, spec: str, fn: Callable,
+              runs: list[tuple[float, int, dict[str, Any] | None]],
+              seeds: tuple[int, ...]) -> list[Rec]:
+        """Runs ``(lr, warmup, injection)`` × ``seeds`` in one call unless all are done."""
+        cfgs = [[task.name, task.data_id, task.config, task.steps, spec, lr, w, s, inj]
+                for lr, w, inj in runs for s in seeds]
+        keys = [records.make_key(kind, self.suite.name, records.config_hash(c), task.name, spec,
+                                 c[7]) for c in cfgs]
+        if all(k in self.done for k in keys):
+            self.stats["units_skipped_done"] += 1
+            return [self.done[k] for k in keys]
+        t0 = time.perf_counter()
+        out = fn([hyper(lr, w, inj) for lr, w, inj in runs], np.asarray(seeds))
+        dt = (time.perf_counter() - t0) / len(runs)
+        self.stats["units_run"] += 1
+        recs = [r for i, (lr, w, inj) in enumerate(runs)
+                for r in self._net_records(kind, task, plan, spec, lr, w, seeds, out, i, inj, dt)]
         self._write(recs)
         return recs
 
-    def sweep(self, task: NetTask, spec: specs_lib.OptSpec, fn: Callable,
-              bar: tqdm) -> dict[int, float]:
-        """Adaptive LR search for one (task, spec); returns {lr exponent: mean score}."""
-        window = lr_window(task.name, spec.family, self.suite.window)
+    def tune(self, task: NetTask, plan: NetPlan, spec: str, fn: Callable, warmup: int
+             ) -> tuple[float, float]:
+        """LR search on the tuning seeds; returns (tuned LR, its mean validation score)."""
+        family = specs_lib.parse_spec(spec).family
+        window = suites_lib.lr_window(task.name, family, self.suite.window)
         scores: dict[int, float] = {}
-        while (k := next_lr_exp(scores, window, self.suite.max_extend,
-                                spec.text in PROBE_UPPER)) is not None:
-            if k not in range(window[0], window[1] + 1):
-                bar.total += 1
-            bar.set_postfix_str(f"{task.name} {spec.text} lr=2^{k}")
-            recs = self._run_net_unit(task, spec, fn, k, "net", None)
+        while (k := next_lr_exp(scores, window, self.suite.max_extend)) is not None:
+            recs = self._unit("tune", task, plan, spec, fn, [(2.0**k, warmup, None)],
+                              plan.tune_seeds)
             scores[k] = float(np.mean([score(r["metrics"], task.higher_better) for r in recs]))
-            bar.update(1)
-        return scores
+        finite = {k: v for k, v in scores.items() if math.isfinite(v)}
+        k = min(finite, key=finite.get) if finite else min(scores)
+        return 2.0**k, scores[k]
 
-    def run_nets(self) -> None:
-        """LR sweeps on every network task, then corrupt-batch runs at each tuned LR."""
-        plans = [p for p in self.suite.nets if not self.only or p.task in self.only]
-        all_specs = [s for s in (self._available(t) for t in self.suite.net_specs) if s]
-
-        def plan_specs(plan: NetPlan) -> list[specs_lib.OptSpec]:
-            if plan.specs is None:
-                return all_specs
-            wanted = {specs_lib.parse_spec(t).text for t in plan.specs}
-            return [s for s in all_specs if s.text in wanted]
-
-        n_units = sum(len(plan_specs(p)) * (self.suite.window + (p.spike_step is not None))
-                      for p in plans)
-        with tqdm(total=n_units, desc="networks", unit="lr", dynamic_ncols=True) as bar:
-            for plan in plans:
-                specs = plan_specs(plan)
-                task = self.build_task(plan)
-                if task is None:
-                    bar.total -= len(specs) * (self.suite.window + (plan.spike_step is not None))
-                    continue
-                log(f"task {task.name}: {task.n_params} params, data {task.data_id}, "
-                    f"{task.steps} steps × {self.suite.seeds} seeds")
-                best: dict[str, int] = {}
-                fns: dict[str, Callable] = {}
-                for spec in specs:
-                    t0 = time.perf_counter()
-                    fns[spec.text] = make_train_fn(task, spec, self.suite.stepwise)
-                    scores = self.sweep(task, spec, fns[spec.text], bar)
-                    finite = {k: v for k, v in scores.items() if math.isfinite(v)}
-                    best[spec.text] = min(finite, key=finite.get) if finite else min(scores)
-                    log(f"  {task.name:12s} {spec.text:36s} best lr=2^{best[spec.text]} "
-                        f"score={scores[best[spec.text]]:.4g} ({time.perf_counter() - t0:.0f}s)")
-                if plan.spike_step is not None:
-                    for spec in specs:
-                        bar.set_postfix_str(f"{task.name} spike {spec.text}")
-                        self._run_net_unit(task, spec, fns[spec.text], best[spec.text],
-                                           "spike", plan.spike_step)
-                        bar.update(1)
+    def run_task(self, plan: NetPlan) -> None:
+        """Tune, evaluate, sweep spikes and (if planned) the natural instability on one task."""
+        try:
+            task = TASK_BUILDERS[plan.task](self.paths.get(plan.task), **plan.kwargs)
+        except data_lib.DataUnavailable as e:
+            self._skip(f"task {plan.task}: {e}")
+            return
+        warmup = int(round(plan.warmup_frac * task.steps))
+        log(f"task {task.name}: {task.n_params:,} params, {task.steps} steps, data "
+            f"{task.data_id}, tuning seeds {plan.tune_seeds}, eval seeds {plan.eval_seeds}")
+        specs = [specs_lib.parse_spec(t).text for t in plan.specs]
+        fns, tuned = {}, {}
+        for spec in specs:
+            fns[spec] = make_train_fn(task, specs_lib.parse_spec(spec))
+            tuned[spec] = self.tune(task, plan, spec, fns[spec], warmup)
+            log(f"  tuned {spec:44s} lr={tuned[spec][0]:.3g} score={tuned[spec][1]:.4g}")
+        adamws = [s for s in specs if s.startswith("adamw")]
+        if adamws:
+            best = min(adamws, key=lambda s: tuned[s][1])
+            for spec in suites_lib.muon_specs(best, *adamw_params(best)):
+                spec = specs_lib.parse_spec(spec).text
+                fns[spec] = make_train_fn(task, specs_lib.parse_spec(spec))
+                tuned[spec] = self.tune(task, plan, spec, fns[spec], warmup)
+                log(f"  tuned {spec:44s} lr={tuned[spec][0]:.3g} (AdamW side of `{best}`)")
+        for spec, (lr, _) in tuned.items():
+            self._unit("eval", task, plan, spec, fns[spec], [(lr, warmup, None)], plan.eval_seeds)
+        step = task.steps // 2
+        sweep = [{**inj, "step": step} for inj in plan.sweep]
+        for spec in [specs_lib.parse_spec(t).text for t in plan.sweep_specs]:
+            if sweep and spec in tuned:
+                self._unit("spike", task, plan, spec, fns[spec],
+                           [(tuned[spec][0], warmup, inj) for inj in sweep], plan.eval_seeds)
+        if plan.natural:
+            nat = {"magnitude": 1.0, "pattern": "none", "kind": "batch", "step": 0,
+                   "natural_lr_factor": suites_lib.NATURAL_LR_FACTOR}
+            for spec, (lr, _) in tuned.items():
+                self._unit("spike", task, plan, spec, fns[spec],
+                           [(lr * suites_lib.NATURAL_LR_FACTOR, 0, nat)], plan.eval_seeds)
 
     # ------------------------------------------------------------------ quadratics
     def run_quads(self) -> None:
-        """Every quadratic variant × LR × seed for each spec, one compile per spec."""
-        if self.only and "quad" not in self.only:
-            return
+        """Every variant × LR × (tuning + evaluation) seed for each spec, one call per spec."""
         s = self.suite
-        names = list(quadratic.VARIANTS)
-        seeds = list(range(s.quad_seeds))
-        specs = [sp for sp in (self._available(t) for t in s.quad_specs) if sp]
-        with tqdm(total=len(specs), desc="quadratics", unit="spec", dynamic_ncols=True) as bar:
-            for spec in specs:
-                bar.set_postfix_str(spec.text)
-                keys = {(v, k, sd): records.make_key("quad", s.name, f"quad/{v}", spec.text, k,
-                                                     sd, s.quad_steps)
-                        for v in names for k in s.quad_lr_exps for sd in seeds}
-                if all(key in self.done for key in keys.values()):
-                    self.stats["units_skipped_done"] += 1
-                    bar.update(1)
-                    continue
-                t0 = time.perf_counter()
-                fn = quadratic.make_quad_fn(spec, s.quad_steps, s.stepwise)
-                lrs = [2.0**k for k in s.quad_lr_exps]
-                out = fn(lrs, names, seeds)
-                dt = time.perf_counter() - t0
-                self.stats["units_run"] += 1
-                self._write(self._quad_records(spec, names, seeds, out, keys, dt))
-                bar.update(1)
+        variants = quadratic.variants(s.quad_sweep)
+        seeds = s.quad_tune_seeds + s.quad_eval_seeds
+        for text in s.quad_specs:
+            spec = specs_lib.parse_spec(text)
+            cfg = [spec.text, s.quad_steps, list(variants), s.quad_lr_exps, seeds,
+                   [v.__dict__ for v in variants.values()]]
+            key = records.make_key("quad", s.name, records.config_hash(cfg), spec.text, 0)
+            if any(k.startswith(key[: key.rindex("|")]) for k in self.done):
+                self.stats["units_skipped_done"] += 1
+                continue
+            t0 = time.perf_counter()
+            out = quadratic.make_quad_fn(spec, s.quad_steps)([2.0**k for k in s.quad_lr_exps],
+                                                             list(variants.values()), list(seeds))
+            dt = time.perf_counter() - t0
+            self.stats["units_run"] += 1
+            self._write(quadratic.to_records(spec.text, s, variants, seeds, out, dt, cfg,
+                                             self.prov))
+            log(f"  quadratics {spec.text}: {dt:.0f} s")
 
-    def _quad_records(self, spec: specs_lib.OptSpec, names: list[str], seeds: list[int],
-                      out: dict[str, np.ndarray], keys: dict, dt: float) -> list[dict[str, Any]]:
+    # ------------------------------------------------------------------ cost
+    def run_costs(self) -> None:
+        """Optimizer-step and train-step timings (interleaved, see benchmarks.core.cost)."""
         s = self.suite
-        recs: list[dict[str, Any]] = []
-        n_runs = len(s.quad_lr_exps) * len(names) * len(seeds)
-        for li, k in enumerate(s.quad_lr_exps):
-            for vi, v in enumerate(names):
-                for si, sd in enumerate(seeds):
-                    m = quadratic.quad_metrics(out["loss"][li, vi, si], v == "jump")
-                    m["max_sqrt_nu"] = float(out["max_sqrt_nu"][li, vi, si])
-                    if "spike_fraction" in out:
-                        m["mean_spike_fraction"] = float(out["spike_fraction"][li, vi, si])
-                    recs.append({
-                        "schema": records.SCHEMA, "kind": "quad", "key": keys[(v, k, sd)],
-                        "suite": s.name, "task": f"quad/{v}", "data_id": "synthetic",
-                        "spec": spec.text, "lr": 2.0**k, "lr_exp": k, "seed": sd,
-                        "steps": s.quad_steps, "metrics": m, "time_s": dt / n_runs,
-                    })
-        # One aggregate curve per (variant, spec) at its best LR, for plots.
-        idx = np.unique(np.linspace(0, s.quad_steps - 1, 120).astype(int))
-        for vi, v in enumerate(names):
-            finals = np.array([[r["metrics"]["final_loss"] or np.inf for r in recs
-                                if r["task"] == f"quad/{v}" and r["lr_exp"] == k]
-                               for k in s.quad_lr_exps])
-            li = int(np.argmin(np.mean(np.log10(finals), axis=1)))
-            logs = np.log10(np.maximum(out["loss"][li, vi][:, idx], 1e-30))
-            recs.append({
-                "schema": records.SCHEMA, "kind": "quad_curve", "suite": s.name,
-                "key": records.make_key("quad_curve", s.name, f"quad/{v}", spec.text,
-                                        s.quad_steps, len(seeds)),
-                "task": f"quad/{v}", "spec": spec.text, "lr": 2.0 ** s.quad_lr_exps[li],
-                "lr_exp": s.quad_lr_exps[li], "steps": s.quad_steps, "step": idx,
-                "log10_loss_mean": logs.mean(0), "log10_loss_p10": np.percentile(logs, 10, 0),
-                "log10_loss_p90": np.percentile(logs, 90, 0),
-            })
-        return recs
+        items: list[tuple[str, Any]] = [("opt_step", n) for n in s.cost_sizes]
+        if s.cost_lm:
+            items.append(("train_step", s.cost_lm))
+        for what, arg in items:
+            cfg = [what, arg, s.cost_reps]
+            prefix = records.make_key("cost", s.name, records.config_hash(cfg))
+            if any(k.startswith(prefix) for k in self.done):
+                continue
+            run_id = time.strftime("%Y%m%dT%H%M%S")
+            rows = (cost_lib.bench_opt_steps(arg, s.cost_reps, log=log) if what == "opt_step"
+                    else cost_lib.bench_train_step(arg, s.cost_reps, log=log))
+            self._write([records.make_record("cost", suite=s.name, provenance=self.prov,
+                                             config=cfg, key_parts=(row["spec"],),
+                                             run_id=run_id, **row) for row in rows])
 
-    # ------------------------------------------------------------------ everything
     def run(self) -> dict[str, Any]:
         """Run every phase of the suite; returns timing and skip information."""
         t0 = time.perf_counter()
         phases: dict[str, float] = {}
-        for name, fn in (("networks", self.run_nets), ("quadratics", self.run_quads)):
-            t = time.perf_counter()
-            fn()
-            phases[name] = time.perf_counter() - t
-        if self.run_cost and (not self.only or "cost" in self.only):
-            from benchmarks import cost
-
-            t = time.perf_counter()
-            cost.run_cost(self.suite, self.jsonl, self.done, self.env, self._write)
-            phases["cost"] = time.perf_counter() - t
+        for plan in self.suite.nets:
+            if not self.only or plan.task in self.only:
+                t = time.perf_counter()
+                self.run_task(plan)
+                phases[plan.task] = time.perf_counter() - t
+        for name, fn, on in (("quadratics", self.run_quads, not self.only or "quad" in self.only),
+                             ("cost", self.run_costs, self.run_cost and (
+                                 not self.only or "cost" in self.only))):
+            if on:
+                t = time.perf_counter()
+                fn()
+                phases[name] = time.perf_counter() - t
         return {"phases": phases, "total_s": time.perf_counter() - t0, "skipped": self.skipped,
                 **self.stats}

@@ -1,10 +1,15 @@
-"""Suite definitions: which tasks, optimizer specs, seeds, step counts and LR windows run.
+"""Suite definitions: tasks, optimizer grids, tuning and evaluation seeds, spike sweeps.
 
-Learning rates live on the lattice ``lr = 2**k`` (×2 steps) for every optimizer; each optimizer
-starts from a window of ``window`` points centred on its family's centre for that task and the
-runner extends the window (up to ``max_extend`` points per side) while the best rate sits on an
-edge. The centres come from pilot runs (and the quick suite) and are written here before the
-suite runs; REPORT.md flags any optimizer whose best rate is still on an edge.
+Protocol (the same in every suite; only sizes differ):
+
+* learning rates live on the lattice ``lr = 2**k``; each spec starts from a ``window`` of rates
+  centred on its family's centre and the window is extended (``max_extend`` points per side)
+  while the best rate sits on an edge, so the optimum is interior;
+* every spec is tuned on the **tuning seeds** (validation split) and the chosen configuration
+  then runs on the disjoint **evaluation seeds**, whose test-split numbers the report shows;
+* networks train with linear warmup + cosine decay; the quadratics use a constant rate;
+* the baselines of a claim get at least the method's tuning budget: the same LR rule and seeds
+  plus their own grids (Adam's b2, the clip threshold, AdamW's weight decay × b2).
 """
 
 from __future__ import annotations
@@ -12,75 +17,55 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# filtered_adam with both moments stored in bfloat16 (arithmetic stays float32): the report
-# compares it with float32 storage at the same learning rate and seeds.
-BF16_STORAGE_SPEC = "filtered_adam(mu_dtype='bfloat16', nu_dtype='bfloat16')"
+F = "filtered_adam"  # the method of the robustness claims (library defaults)
+# Robustness baselines: Adam with tuned b2, Adam + global-norm clip with a tuned threshold,
+# per-element clipping, SPAM's spike rule (Huang et al. 2025) as a filter stage.
+ADAM_B2 = ("adam(b2=0.95)", "adam(b2=0.99)", "adam")
+CLIP = ("adam+clip(0.1)", "adam+clip(1.0)", "adam+clip(10.0)")
+CLIP_VALUE = ("adam+clip_value(0.01)", "adam+clip_value(0.1)")
+SPAM = ("staged(filter='spam')",)
+ROBUST_BASELINES = ADAM_B2 + CLIP + CLIP_VALUE + SPAM
+# Convergence / generalization baseline: AdamW over weight decay {0, 0.1} × b2 {0.95, 0.999}.
+ADAMW = ("adamw(b2=0.95, weight_decay=0.0)", "adamw(b2=0.95, weight_decay=0.1)",
+         "adamw(weight_decay=0.0)", "adamw(weight_decay=0.1)")
+# Muon specs derived from the tuned AdamW (its b2 and weight decay), filled in per task.
+MUON_TEMPLATES = ("muon(adam_b2={b2}, weight_decay={wd})",
+                  "optax_muon(adam_b2={b2}, adam_weight_decay={wd}, weight_decay={wd})")
+NET_SPECS = (F, *ROBUST_BASELINES, *ADAMW)
+QUAD_SPECS = (F, *ROBUST_BASELINES)
 
-# Every optimizer compared on the network tasks (full suite).
-NET_SPECS = (
-    "sgd",
-    "adam",
-    "adamw",
-    "rmsprop",
-    "adabelief",
-    "adopt",
-    "adam+clip(1.0)",
-    "filtered_adam",  # defaults = "spike only" (eta=1, gamma=10)
-    "filtered_adam(eta=0.5, gamma=inf)",  # smoothing only
-    "filtered_adam(eta=0.9)",  # the eta = 0.9 ablation (smoothing + spike clip)
-    "adam(b1=0.8)",  # Adam with other b1: the baseline for smoothing claims
-    "adam(b1=0.95)",
-    "muon",  # fo.muon: hidden matrices -> Muon, the rest -> AdamW
-    "optax_muon",  # optax.contrib.muon with its defaults
-    BF16_STORAGE_SPEC,
-)
+# Spike sweep: magnitude × pattern × kind (train.PATTERNS / train.KINDS).
+MAGNITUDES = (3.0, 10.0, 100.0, 1e3, 1e4)
+SWEEP = tuple({"magnitude": m, "pattern": p, "kind": k}
+              for m in MAGNITUDES for p in ("once", "every50", "burst5") for k in ("batch", "row"))
+LM_SWEEP = tuple([{"magnitude": m, "pattern": "once", "kind": "batch"} for m in (10.0, 100.0,
+                                                                               1e3)]
+                 + [{"magnitude": 100.0, "pattern": "every50", "kind": "batch"}])
+NATURAL_LR_FACTOR = 4.0  # natural instability: 4× the tuned LR, no warmup, nothing injected
 
-# Muon is defined for matrices only, so it is left out of the (vector) quadratic family.
-QUAD_SPECS = (
-    "sgd",
-    "adam",
-    "adamw",
-    "rmsprop",
-    "adabelief",
-    "adopt",
-    "adam+clip(1.0)",
-    "filtered_adam",
-    "filtered_adam(eta=0.5, gamma=inf)",
-    "filtered_adam(eta=0.9)",
-    "filtered_adam(gamma=inf)",  # must equal Adam exactly (sanity check)
-    "adam(b1=0.5)",
-    "adam(b1=0.8)",
-    "adam(b1=0.95)",
-    "adam(b1=0.98)",
-    "adam(b1=0.99)",
-    "staged(filter='spam', threshold=5000.0)",
-    "staged(filter='zscore')",
-    "staged(filter='soft_clip')",
-)
-
-# Specs whose LR window is pushed upward until the loss leaves the 10 % band (stability claim).
-PROBE_UPPER = ("adam", "filtered_adam", "adam+clip(1.0)")
-
-# Centre exponent k (lr = 2**k) per task and LR family.
-# Family "adam" covers every Adam-like optimizer and fo.muon (Moonshot scaling: AdamW's LR);
-# "muon" is optax.contrib.muon (Keller-style LR ~0.02); "sgd" is SGD with momentum 0.9, whose
-# effective step is ~10x its LR. Set from pilot and quick-suite runs.
+# Centre exponent k (lr = 2**k) per task and LR family, from pilot runs.
 LR_CENTRES: dict[str, dict[str, int]] = {
-    "lm": {"adam": -8, "rmsprop": -9, "sgd": -4, "muon": -6},
-    "mnist1d_mlp": {"adam": -8, "rmsprop": -9, "sgd": -4, "muon": -6},
-    "mnist1d_cnn": {"adam": -8, "rmsprop": -9, "sgd": -4, "muon": -6},
-    "fashion_mlp": {"adam": -9, "rmsprop": -10, "sgd": -6, "muon": -6},
+    "lm": {"adam": -9, "muon": -7},
+    "mnist1d_mlp": {"adam": -8, "muon": -6},
+    "mnist1d_cnn": {"adam": -8, "muon": -6},
+    "fashion_mlp": {"adam": -9, "muon": -6},
 }
 
 
 @dataclass(frozen=True)
 class NetPlan:
-    """One network task in a suite (``kwargs`` go to its builder in :mod:`benchmarks.tasks`)."""
+    """One network task of a suite (``kwargs`` go to its builder in :mod:`..tasks`)."""
 
     task: str
     kwargs: dict[str, Any]
-    spike_step: int | None = None  # also run a corrupt-batch injection at this step
-    specs: tuple[str, ...] | None = None  # subset of the suite's net_specs (None = all)
+    targets: tuple[float, ...]  # steps-to-target thresholds (≥ 3), fixed before any run
+    tune_seeds: tuple[int, ...]
+    eval_seeds: tuple[int, ...]
+    specs: tuple[str, ...] = NET_SPECS
+    sweep: tuple[dict[str, Any], ...] = ()  # spike injections at the tuned configs
+    sweep_specs: tuple[str, ...] = (F, *ROBUST_BASELINES)
+    natural: bool = False  # also run every spec at NATURAL_LR_FACTOR × its LR, no warmup
+    warmup_frac: float = 0.05  # warmup steps / total steps
 
 
 @dataclass(frozen=True)
@@ -89,126 +74,96 @@ class Suite:
 
     name: str
     nets: tuple[NetPlan, ...]
-    net_specs: tuple[str, ...]
-    seeds: int
     window: int
     max_extend: int
     quad_specs: tuple[str, ...]
     quad_steps: int
-    quad_seeds: int
+    quad_tune_seeds: tuple[int, ...]
+    quad_eval_seeds: tuple[int, ...]
     quad_lr_exps: tuple[int, ...]
-    cost_sizes: tuple[int, ...]
-    cost_reps: int
+    quad_sweep: tuple[dict[str, Any], ...]
+    cost_sizes: tuple[int, ...] = ()
+    cost_reps: int = 5
     cost_lm: dict[str, Any] = field(default_factory=dict)
-    stepwise: bool = False  # smoke: step-by-step execution (less compile time for few steps)
+    indicative: bool = False
     notes: tuple[str, ...] = ()
 
 
+def seeds(first: int, n: int) -> tuple[int, ...]:
+    """``n`` consecutive seeds from ``first`` (tuning seeds start at 0, evaluation at 1000)."""
+    return tuple(range(first, first + n))
+
+
+_LM_FULL = dict(d=128, layers=2, heads=4, context=128, batch_size=32, steps=1200,
+                eval_every=100, n_val=64, n_test=128)
+_LM_QUICK = dict(d=64, layers=2, heads=4, context=64, batch_size=16, steps=200, eval_every=50,
+                 n_val=32, n_test=64)
 _SMOKE_LM = dict(d=16, layers=1, heads=2, context=16, batch_size=4, steps=4, eval_every=2,
                  n_val=4, n_test=4)
+_ROBUST_SMALL = ("adam(b2=0.95)", "adam", "adam+clip(1.0)", "adam+clip_value(0.1)")
+_ADAMW_SMALL = ("adamw(b2=0.95, weight_decay=0.1)", "adamw(weight_decay=0.0)")
 
 SUITES: dict[str, Suite] = {
     "smoke": Suite(
         name="smoke",
         nets=(
-            NetPlan("lm", _SMOKE_LM, spike_step=2),
+            NetPlan("lm", _SMOKE_LM, (4.0, 3.5, 3.0), seeds(0, 1), seeds(1000, 1),
+                    specs=(F, "adam", "adamw(b2=0.95, weight_decay=0.1)"), sweep=LM_SWEEP[:1],
+                    sweep_specs=(F, "adam"), natural=True),
             NetPlan("mnist1d_mlp", dict(hidden=(16,), batch_size=16, steps=4, eval_every=2),
-                    spike_step=2),
-            NetPlan("mnist1d_cnn", dict(channels=4, hidden=8, batch_size=16, steps=4,
-                                        eval_every=2)),
-            NetPlan("fashion_mlp", dict(hidden=(16,), batch_size=16, steps=4, eval_every=2,
-                                        n_val=64)),
+                    (0.1, 0.2, 0.3), seeds(0, 2), seeds(1000, 2),
+                    specs=(F, "adam", "adam+clip(1.0)", *SPAM, "adamw(weight_decay=0.0)"),
+                    sweep=SWEEP[:2], sweep_specs=(F, "adam")),
         ),
-        net_specs=NET_SPECS,
-        seeds=2,
-        window=1,
-        max_extend=0,
-        quad_specs=QUAD_SPECS,
-        quad_steps=40,
-        quad_seeds=3,
-        quad_lr_exps=(-6, -4),
-        cost_sizes=(10_000,),
-        cost_reps=2,
-        cost_lm={},  # the train-step overhead needs 4 more compiles; quick/full measure it
-        stepwise=True,
-        notes=("smoke size: a few steps of everything, to check that outputs parse; "
-               "its numbers mean nothing",),
+        window=1, max_extend=0, quad_specs=(F, "adam", "adam+clip(1.0)", *SPAM), quad_steps=40,
+        quad_tune_seeds=seeds(0, 2), quad_eval_seeds=seeds(1000, 3), quad_lr_exps=(-6, -4),
+        quad_sweep=SWEEP[:2], cost_sizes=(10_000,), cost_reps=2, indicative=True,
+        notes=("smoke size: a few steps of everything, to check that outputs parse; its "
+               "numbers mean nothing",),
     ),
     "quick": Suite(
         name="quick",
         nets=(
-            NetPlan("lm", dict(d=48, layers=2, heads=4, context=64, batch_size=8, steps=150,
-                               eval_every=25, n_val=32, n_test=64, target=2.75), spike_step=75,
-                    specs=("sgd", "adam", "adam+clip(1.0)", "filtered_adam", "muon")),
-            NetPlan("mnist1d_mlp", dict(steps=400, eval_every=50, target=0.6), spike_step=200),
-            NetPlan("mnist1d_cnn", dict(steps=300, eval_every=50, target=0.75),
-                    specs=("sgd", "adam", "filtered_adam")),
-            NetPlan("fashion_mlp", dict(hidden=(128,), steps=200, eval_every=50, n_val=1000,
-                                        target=0.8),
-                    specs=("sgd", "adam", "filtered_adam", "muon")),
+            NetPlan("lm", _LM_QUICK, (3.0, 2.8, 2.6), seeds(0, 1), seeds(1000, 3),
+                    specs=(F, *_ROBUST_SMALL, *_ADAMW_SMALL), sweep=LM_SWEEP[1:2],
+                    sweep_specs=(F, "adam", "adam+clip(1.0)")),
+            NetPlan("mnist1d_mlp", dict(steps=400, eval_every=50), (0.5, 0.55, 0.6),
+                    seeds(0, 2), seeds(1000, 3), specs=(F, *_ROBUST_SMALL, *_ADAMW_SMALL, *SPAM),
+                    sweep=tuple(s for s in SWEEP if s["magnitude"] in (10.0, 1e3)
+                                and s["pattern"] != "burst5"),
+                    sweep_specs=(F, "adam", "adam+clip(1.0)")),
         ),
-        net_specs=(
-            "sgd",
-            "adam",
-            "adam+clip(1.0)",
-            "filtered_adam",
-            "filtered_adam(eta=0.5, gamma=inf)",
-            "muon",
-        ),
-        seeds=3,
-        window=3,
-        max_extend=1,
-        quad_specs=(
-            "sgd",
-            "adam",
-            "adam(b1=0.8)",
-            "adam(b1=0.95)",
-            "adam(b1=0.98)",
-            "adam+clip(1.0)",
-            "filtered_adam",
-            "filtered_adam(eta=0.5, gamma=inf)",
-            "filtered_adam(eta=0.9)",
-        ),
-        quad_steps=400,
-        quad_seeds=20,
-        quad_lr_exps=tuple(range(-10, 1)),
-        cost_sizes=(1_000_000,),
-        cost_reps=5,
-        cost_lm=dict(d=64, layers=2, heads=4, context=64, batch_size=16),
-        notes=("quick size: a subset of optimizers (fewer still on the CNN and Fashion-MNIST), "
-               "small models and few steps, 3-point LR windows extended by at most one point "
-               "per side; see the full suite for every optimizer",),
+        window=3, max_extend=1, quad_specs=(F, *_ROBUST_SMALL, *SPAM), quad_steps=400,
+        quad_tune_seeds=seeds(0, 2), quad_eval_seeds=seeds(1000, 8),
+        quad_lr_exps=tuple(range(-10, 1)), quad_sweep=SWEEP, cost_sizes=(1_000_000,),
+        indicative=True,
+        notes=("quick size: **indicative only** — the full protocol (disjoint tuning and "
+               "evaluation seeds, warmup + cosine, Holm-corrected verdicts) at a small size: "
+               "fewer seeds and baselines, a small LM (which does not reach a useful loss), "
+               "two network tasks; see the full suite for evidence",),
     ),
     "full": Suite(
         name="full",
         nets=(
-            NetPlan("lm", dict(d=48, layers=2, heads=4, context=64, batch_size=8, steps=200,
-                               eval_every=25, n_val=48, n_test=96, target=2.55), spike_step=100),
-            NetPlan("mnist1d_mlp", dict(steps=600, eval_every=50, target=0.63), spike_step=300),
-            NetPlan("mnist1d_cnn", dict(steps=400, eval_every=50, target=0.8)),
-            NetPlan("fashion_mlp", dict(hidden=(128,), steps=300, eval_every=50, n_val=1000,
-                                        target=0.84)),
+            NetPlan("lm", _LM_FULL, (2.2, 2.0, 1.8), seeds(0, 1), seeds(1000, 5),
+                    specs=(F, "adam(b2=0.95)", "adam", *CLIP, "adam+clip_value(0.1)", *SPAM,
+                           *ADAMW),
+                    sweep=LM_SWEEP, sweep_specs=(F, "adam(b2=0.95)", "adam+clip(1.0)"),
+                    natural=True),
+            NetPlan("mnist1d_mlp", dict(steps=1000, eval_every=50), (0.55, 0.6, 0.65),
+                    seeds(0, 2), seeds(1000, 5), sweep=SWEEP,
+                    sweep_specs=(F, "adam(b2=0.95)", "adam", "adam+clip(1.0)")),
+            NetPlan("mnist1d_cnn", dict(steps=1000, eval_every=50), (0.65, 0.7, 0.75),
+                    seeds(0, 2), seeds(1000, 5)),
+            NetPlan("fashion_mlp", dict(hidden=(128,), steps=600, eval_every=50, n_val=1000),
+                    (0.8, 0.82, 0.84), seeds(0, 2), seeds(1000, 5)),
         ),
-        net_specs=NET_SPECS,
-        seeds=3,
-        window=4,
-        max_extend=2,
-        quad_specs=QUAD_SPECS,
-        quad_steps=1000,
-        quad_seeds=20,
-        quad_lr_exps=tuple(range(-12, 2)),
-        cost_sizes=(1_000_000, 10_000_000, 50_000_000),
-        cost_reps=5,
-        cost_lm=dict(d=128, layers=2, heads=4, context=128, batch_size=16),
-        notes=("full size on 2 CPU cores: the LM uses d=48, context 64, batch 8 and 200 steps "
-               "(the task's default is d=128, context 128) to fit the time budget — fewer "
-               "steps and a smaller model rather than fewer seeds; the cost benchmark's "
-               "train-step overhead uses the d=128, context 128 model",
-               "LR windows: 4 points of the ×2 lattice centred where the quick suite and pilot "
-               "runs put each optimizer family's best rate (benchmarks/suites.py, LR_CENTRES), "
-               "extended by up to 2 points per side while the best is on an edge; Adam, "
-               "filtered_adam and Adam+clip are also pushed upward until the loss leaves the "
-               "10 % band (stability claim)"),
+        window=4, max_extend=2, quad_specs=QUAD_SPECS, quad_steps=1000,
+        quad_tune_seeds=seeds(0, 4), quad_eval_seeds=seeds(1000, 20),
+        quad_lr_exps=tuple(range(-12, 2)), quad_sweep=SWEEP,
+        cost_sizes=(1_000_000, 10_000_000), cost_lm=dict(d=128, layers=2, heads=4, context=128,
+                                                          batch_size=16),
+        notes=("full size on 2 CPU cores, one run on one commit",),
     ),
 }
 
@@ -225,3 +180,9 @@ def lr_window(task: str, family: str, window: int) -> tuple[int, int]:
     centre = LR_CENTRES.get(task, LR_CENTRES["mnist1d_mlp"]).get(family, -8)
     lo = centre - (window - 1) // 2
     return lo, lo + window - 1
+
+
+def muon_specs(adamw_spec: str, b2: float, weight_decay: float) -> tuple[str, ...]:
+    """The Muon specs whose AdamW side has the tuned AdamW's b2 and weight decay."""
+    del adamw_spec
+    return tuple(t.format(b2=b2, wd=weight_decay) for t in MUON_TEMPLATES)

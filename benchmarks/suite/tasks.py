@@ -209,3 +209,25 @@ TASK_BUILDERS: dict[str, Callable[..., NetTask]] = {
     "mnist1d_cnn": make_mnist1d_cnn,
     "fashion_mlp": make_fashion_mlp,
 }
+
+
+def ngram_loss(train: np.ndarray, test: np.ndarray, vocab: int, n: int, k: float = 0.1
+               ) -> float:
+    """Cross-entropy (nats/char) on ``test`` of an order-``n`` character model fit on ``train``.
+
+    Lidstone (add-``k``) smoothing: ``p(c | ctx) = (N(ctx, c) + k) / (N(ctx) + k·V)`` — the
+    reference loss a network must beat (Jurafsky & Martin, "Speech and Language Processing",
+    ch. 3). ``n = 2`` is the bigram model, ``n = 3`` the trigram model.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+
+    def index(tokens: np.ndarray) -> np.ndarray:
+        idx = np.zeros(len(tokens) - n + 1, np.int64)
+        for j in range(n):
+            idx = idx * vocab + tokens[j: len(tokens) - n + 1 + j].astype(np.int64)
+        return idx
+
+    counts = np.bincount(index(train), minlength=vocab**n).reshape(-1, vocab) + k
+    logp = np.log(counts) - np.log(counts.sum(1, keepdims=True))
+    return float(-logp.reshape(-1)[index(test)].mean())
