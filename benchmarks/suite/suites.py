@@ -88,6 +88,15 @@ class Suite:
     indicative: bool = False
     notes: tuple[str, ...] = ()
 
+    @property
+    def net_specs(self) -> tuple[str, ...]:
+        """Every spec the network tasks may run, with the Muon specs derived from each AdamW."""
+        out = [s for p in self.nets for s in (*p.specs, *p.sweep_specs)]
+        for s in list(out):
+            if s.startswith("adamw"):
+                out += muon_specs(s, *_adamw_b2_wd(s))
+        return tuple(dict.fromkeys(out))
+
 
 def seeds(first: int, n: int) -> tuple[int, ...]:
     """``n`` consecutive seeds from ``first`` (tuning seeds start at 0, evaluation at 1000)."""
@@ -180,6 +189,13 @@ def lr_window(task: str, family: str, window: int) -> tuple[int, int]:
     centre = LR_CENTRES.get(task, LR_CENTRES["mnist1d_mlp"]).get(family, -8)
     lo = centre - (window - 1) // 2
     return lo, lo + window - 1
+
+
+def _adamw_b2_wd(text: str) -> tuple[float, float]:
+    """(b2, weight_decay) written in an ``adamw(...)`` spec of the grids above."""
+    kw = dict(part.split("=") for part in text.removeprefix("adamw(").rstrip(")").split(", ")
+              if "=" in part)
+    return float(kw.get("b2", 0.999)), float(kw.get("weight_decay", 1e-4))
 
 
 def muon_specs(adamw_spec: str, b2: float, weight_decay: float) -> tuple[str, ...]:
