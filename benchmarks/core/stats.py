@@ -130,6 +130,8 @@ class Comparison:
 
     def delta_text(self) -> str:
         """The difference as printed in a report (censored comparisons show counts)."""
+        if self.delta is None and self.censored == (0, 0):
+            return f"too few pairs (n={self.n})"
         if self.delta is None:
             return (f"censored: method better in {self.wins[0]}/{self.n} pairs, worse in "
                     f"{self.wins[1]} (> window: method {self.censored[0]}, baseline "

@@ -81,6 +81,16 @@ def adamw_params(spec_text: str) -> tuple[float, float]:
     return float(kw["b2"]), float(kw["weight_decay"])
 
 
+def sweep_specs(tuned: dict[str, tuple[float, float]]) -> list[str]:
+    """F and the strongest tuned member (best tuning score) of each robustness family."""
+    out = [t for t in (specs_lib.parse_spec(suites_lib.F).text,) if t in tuned]
+    for family in suites_lib.ROBUST_FAMILIES:
+        cands = [t for t in (specs_lib.parse_spec(s).text for s in family) if t in tuned]
+        if cands:
+            out.append(min(cands, key=lambda t: tuned[t][1]))
+    return out
+
+
 class Runner:
     """Executes a :class:`Suite` into ``out_dir`` (see module docstring)."""
 
@@ -204,9 +214,8 @@ class Runner:
             self._unit("eval", task, plan, spec, fns[spec], [(lr, warmup, None)], plan.eval_seeds)
         step = task.steps // 2
         sweep = [{**inj, "step": step} for inj in plan.sweep]
-        for spec in [specs_lib.parse_spec(t).text for t in plan.sweep_specs]:
-            if sweep and spec in tuned:
-                self._unit("spike", task, plan, spec, fns[spec],
+        for spec in sweep_specs(tuned) if sweep else []:
+            self._unit("spike", task, plan, spec, fns[spec],
                            [(tuned[spec][0], warmup, inj) for inj in sweep], plan.eval_seeds)
         if plan.natural:
             nat = {"magnitude": 1.0, "pattern": "none", "kind": "batch", "step": 0,

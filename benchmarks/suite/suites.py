@@ -24,6 +24,7 @@ ADAM_B2 = ("adam(b2=0.95)", "adam(b2=0.99)", "adam")
 CLIP = ("adam+clip(0.1)", "adam+clip(1.0)", "adam+clip(10.0)")
 CLIP_VALUE = ("adam+clip_value(0.01)", "adam+clip_value(0.1)")
 SPAM = ("staged(filter='spam')",)
+ROBUST_FAMILIES = (ADAM_B2, CLIP, CLIP_VALUE, SPAM)
 ROBUST_BASELINES = ADAM_B2 + CLIP + CLIP_VALUE + SPAM
 # Convergence / generalization baseline: AdamW over weight decay {0, 0.1} × b2 {0.95, 0.999}.
 ADAMW = ("adamw(b2=0.95, weight_decay=0.0)", "adamw(b2=0.95, weight_decay=0.1)",
@@ -62,8 +63,8 @@ class NetPlan:
     tune_seeds: tuple[int, ...]
     eval_seeds: tuple[int, ...]
     specs: tuple[str, ...] = NET_SPECS
-    sweep: tuple[dict[str, Any], ...] = ()  # spike injections at the tuned configs
-    sweep_specs: tuple[str, ...] = (F, *ROBUST_BASELINES)
+    # Spike injections, run on F and on the strongest tuned member of each robustness family.
+    sweep: tuple[dict[str, Any], ...] = ()
     natural: bool = False  # also run every spec at NATURAL_LR_FACTOR × its LR, no warmup
     warmup_frac: float = 0.05  # warmup steps / total steps
 
@@ -91,7 +92,7 @@ class Suite:
     @property
     def net_specs(self) -> tuple[str, ...]:
         """Every spec the network tasks may run, with the Muon specs derived from each AdamW."""
-        out = [s for p in self.nets for s in (*p.specs, *p.sweep_specs)]
+        out = [s for p in self.nets for s in p.specs]
         for s in list(out):
             if s.startswith("adamw"):
                 out += muon_specs(s, *_adamw_b2_wd(s))
@@ -118,11 +119,11 @@ SUITES: dict[str, Suite] = {
         nets=(
             NetPlan("lm", _SMOKE_LM, (4.0, 3.5, 3.0), seeds(0, 1), seeds(1000, 1),
                     specs=(F, "adam", "adamw(b2=0.95, weight_decay=0.1)"), sweep=LM_SWEEP[:1],
-                    sweep_specs=(F, "adam"), natural=True),
+                    natural=True),
             NetPlan("mnist1d_mlp", dict(hidden=(16,), batch_size=16, steps=4, eval_every=2),
                     (0.1, 0.2, 0.3), seeds(0, 2), seeds(1000, 2),
                     specs=(F, "adam", "adam+clip(1.0)", *SPAM, "adamw(weight_decay=0.0)"),
-                    sweep=SWEEP[:2], sweep_specs=(F, "adam")),
+                    sweep=SWEEP[:2]),
         ),
         window=1, max_extend=0, quad_specs=(F, "adam", "adam+clip(1.0)", *SPAM), quad_steps=40,
         quad_tune_seeds=seeds(0, 2), quad_eval_seeds=seeds(1000, 3), quad_lr_exps=(-6, -4),
@@ -134,13 +135,11 @@ SUITES: dict[str, Suite] = {
         name="quick",
         nets=(
             NetPlan("lm", _LM_QUICK, (3.0, 2.8, 2.6), seeds(0, 1), seeds(1000, 3),
-                    specs=(F, *_ROBUST_SMALL, *_ADAMW_SMALL), sweep=LM_SWEEP[1:2],
-                    sweep_specs=(F, "adam", "adam+clip(1.0)")),
+                    specs=(F, *_ROBUST_SMALL, *_ADAMW_SMALL), sweep=LM_SWEEP[1:2]),
             NetPlan("mnist1d_mlp", dict(steps=400, eval_every=50), (0.5, 0.55, 0.6),
                     seeds(0, 2), seeds(1000, 3), specs=(F, *_ROBUST_SMALL, *_ADAMW_SMALL, *SPAM),
                     sweep=tuple(s for s in SWEEP if s["magnitude"] in (10.0, 1e3)
-                                and s["pattern"] != "burst5"),
-                    sweep_specs=(F, "adam", "adam+clip(1.0)")),
+                                and s["pattern"] != "burst5")),
         ),
         window=3, max_extend=1, quad_specs=(F, *_ROBUST_SMALL, *SPAM), quad_steps=400,
         quad_tune_seeds=seeds(0, 2), quad_eval_seeds=seeds(1000, 8),
@@ -157,11 +156,9 @@ SUITES: dict[str, Suite] = {
             NetPlan("lm", _LM_FULL, (2.2, 2.0, 1.8), seeds(0, 1), seeds(1000, 5),
                     specs=(F, "adam(b2=0.95)", "adam", *CLIP, "adam+clip_value(0.1)", *SPAM,
                            *ADAMW),
-                    sweep=LM_SWEEP, sweep_specs=(F, "adam(b2=0.95)", "adam+clip(1.0)"),
-                    natural=True),
+                    sweep=LM_SWEEP, natural=True),
             NetPlan("mnist1d_mlp", dict(steps=1000, eval_every=50), (0.55, 0.6, 0.65),
-                    seeds(0, 2), seeds(1000, 5), sweep=SWEEP,
-                    sweep_specs=(F, "adam(b2=0.95)", "adam", "adam+clip(1.0)")),
+                    seeds(0, 2), seeds(1000, 5), sweep=SWEEP),
             NetPlan("mnist1d_cnn", dict(steps=1000, eval_every=50), (0.65, 0.7, 0.75),
                     seeds(0, 2), seeds(1000, 5)),
             NetPlan("fashion_mlp", dict(hidden=(128,), steps=600, eval_every=50, n_val=1000),
