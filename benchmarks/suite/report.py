@@ -282,6 +282,7 @@ def _header(suite: str, command: str, prov: dict[str, Any], run_info: dict[str, 
                      f"{run_info.get('units_run', 0)} units run, "
                      f"{run_info.get('units_skipped_done', 0)} resumed from the JSONL.\n")
         parts += [f"- **skipped**: {s}" for s in run_info.get("skipped", [])]
+        parts.append("")
     parts += [f"Note: {n}\n" for n in notes]
     parts.append("Protocol: every spec's learning rate (2^k lattice, window extended until the "
                  "optimum is interior; **edge** marks one that is not) is tuned on the tuning "

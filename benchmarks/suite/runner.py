@@ -74,13 +74,6 @@ def next_lr_exp(scores: dict[int, float], window: tuple[int, int], max_extend: i
     return None
 
 
-def adamw_params(spec_text: str) -> tuple[float, float]:
-    """(b2, weight_decay) of an ``adamw`` spec, with the registry's defaults filled in."""
-    spec = specs_lib.parse_spec(spec_text)
-    kw = {**(spec.entry.params or {}), **dict(spec.base.kwargs)}
-    return float(kw["b2"]), float(kw["weight_decay"])
-
-
 def sweep_specs(tuned: dict[str, tuple[float, float]]) -> list[str]:
     """F and the strongest tuned member (best tuning score) of each robustness family."""
     out = [t for t in (specs_lib.parse_spec(suites_lib.F).text,) if t in tuned]
@@ -176,9 +169,10 @@ class Runner:
              ) -> tuple[float, float]:
         """LR search on the tuning seeds; returns (tuned LR, its mean validation score)."""
         family = specs_lib.parse_spec(spec).family
-        window = suites_lib.lr_window(task.name, family, self.suite.window)
+        window = suites_lib.lr_window(task.name, family, plan.window or self.suite.window)
+        extend = self.suite.max_extend if plan.max_extend is None else plan.max_extend
         scores: dict[int, float] = {}
-        while (k := next_lr_exp(scores, window, self.suite.max_extend)) is not None:
+        while (k := next_lr_exp(scores, window, extend)) is not None:
             recs = self._unit("tune", task, plan, spec, fn, [(2.0**k, warmup, None)],
                               plan.tune_seeds)
             scores[k] = float(np.mean([score(r["metrics"], task.higher_better) for r in recs]))
@@ -205,7 +199,7 @@ class Runner:
         adamws = [s for s in specs if s.startswith("adamw")]
         if adamws:
             best = min(adamws, key=lambda s: tuned[s][1])
-            for spec in suites_lib.muon_specs(best, *adamw_params(best)):
+            for spec in suites_lib.muon_specs(*suites_lib.adamw_params(best)):
                 spec = specs_lib.parse_spec(spec).text
                 fns[spec] = make_train_fn(task, specs_lib.parse_spec(spec))
                 tuned[spec] = self.tune(task, plan, spec, fns[spec], warmup)
