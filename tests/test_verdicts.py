@@ -146,3 +146,24 @@ def test_report_of_one_commit_prints_it_and_writes_summary(tmp_path: Path) -> No
     assert summ["tasks"]["t"]["eval_seeds"] == list(range(1000, 1006))
     row = next(r for r in summ["claims"] if r["claim"].startswith("generalizes"))
     assert row["baseline"] == BASE and row["verdict"] == "better" and row["p_holm"] < 0.05
+
+
+def test_censored_and_lr_formatting() -> None:
+    from benchmarks.core.tables import censored, lr_text
+
+    assert censored(math.inf, 400) == "> 400" and censored(None, 400) == "> 400"
+    assert censored(150.0, 400) == "150"
+    assert lr_text(0.00195312) == "0.00195 (2^-9)" and lr_text(0.003) == "0.003"
+
+
+def test_provenance_stamps_commits_dirty_state_and_versions() -> None:
+    import jax
+
+    from benchmarks.core import provenance
+
+    prov = provenance.provenance()
+    assert set(provenance.STAMP_FIELDS) <= set(prov) and prov["jax"] == jax.__version__
+    assert len(prov["fo_commit"]) == 40 and len(prov["bench_commit"]) == 40
+    assert prov["dirty"] == bool(prov["dirty_hash"])
+    assert provenance.config_hash({"a": 1, "b": [2]}) == provenance.config_hash({"b": [2], "a": 1})
+    assert provenance.config_hash({"a": 1}) != provenance.config_hash({"a": 2})

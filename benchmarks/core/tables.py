@@ -27,7 +27,9 @@ def mean_sd(xs: Sequence[float | None], digits: int = 4) -> str:
 def lr_text(lr: float) -> str:
     """A learning rate on the ×2 lattice as ``0.00391 (2^-8)``."""
     k = math.log2(lr) if lr > 0 else float("nan")
-    return f"{lr:.3g} (2^{k:.0f})" if math.isfinite(k) and k == round(k) else f"{lr:.3g}"
+    # Records store 6 significant digits, so 2^k comes back within ~1e-6 of the lattice.
+    on_lattice = math.isfinite(k) and abs(k - round(k)) < 1e-4
+    return f"{lr:.3g} (2^{round(k)})" if on_lattice else f"{lr:.3g}"
 
 
 def censored(value: float | None, cap: float) -> str:
