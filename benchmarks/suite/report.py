@@ -111,10 +111,10 @@ def spike_section(task: str, spikes: dict[str, list[Rec]]) -> str:
         for s in specs:
             rs = g.get(s, [])
             rec = [r["metrics"]["recovery_steps"] if r["metrics"]["recovered"] else math.inf
-                   for r in rs]
+                   for r in rs if "recovered" in r["metrics"]]
             cap = min(an_window(r) for r in rs) if rs else 0
             cells.append(f"{mean_sd([an.score(r) for r in rs], 3)}; recovery "
-                         f"{censored(float(np.median(rec)), cap) if rs else '—'}")
+                         f"{censored(float(np.median(rec)), cap) if rec else '—'}")
         rows.append([name, *cells])
     return (f"### {task}\n\nFinal validation score (loss or error; mean ± sd) and median "
             f"recovery steps (probe loss back within 10 % of its pre-spike level; `> N`: not "

@@ -137,6 +137,7 @@ class Runner:
                 fields["curves"] = {"val_metric": one["val_metric"], "val_loss": one["val_loss"]}
             if kind == "spike":
                 fields["injection"] = inj
+            if kind == "spike" and inj["pattern"] != "none":
                 m.update(metrics_lib.spike_metrics(one["probe_loss"], one["max_sqrt_nu"],
                                                    inj["step"], min(PROBE_AFTER,
                                                                     task.steps - inj["step"])))

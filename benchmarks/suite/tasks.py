@@ -139,7 +139,7 @@ def _classifier_task(
         "x_test": jnp.asarray(ds.x_test), "y_test": jnp.asarray(ds.y_test),
     }
     # small fixed batch evaluated every step in spike runs
-    arrays["x_probe"], arrays["y_probe"] = arrays["x_val"][:512], arrays["y_val"][:512]
+    arrays["x_probe"], arrays["y_probe"] = arrays["x_val"][:256], arrays["y_val"][:256]
 
     def loss(params: Params, batch: Batch) -> jax.Array:
         logits = apply(params, batch["x"])

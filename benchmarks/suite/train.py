@@ -91,8 +91,13 @@ def _records(spec: specs_lib.OptSpec, state: Any) -> dict[str, jax.Array]:
 
 
 def _run(task: NetTask, spec: specs_lib.OptSpec, arrays: dict, hp: dict[str, jax.Array],
-         seed: jax.Array) -> dict[str, jax.Array]:
-    """Train one seed in one scan; per-step and per-eval curves and the final test metrics."""
+         seed: jax.Array, probe: bool) -> dict[str, jax.Array]:
+    """Train one seed in one scan; per-step and per-eval curves and the final test metrics.
+
+    With ``probe`` (spike runs) the probe loss is evaluated on every step of the window around
+    the first injection (under ``vmap`` the ``cond`` runs both branches, so runs without an
+    injection are compiled without it).
+    """
     k_init, k_data = jax.random.split(jax.random.key(seed))
     params = task.init(k_init)
     opt = specs_lib.build(spec, schedule(hp["lr"], hp["warmup"], task.steps))
@@ -110,9 +115,8 @@ def _run(task: NetTask, spec: specs_lib.OptSpec, arrays: dict, hp: dict[str, jax
         rec["train_loss"] = loss
         near = (i >= hp["step"] - PROBE_BEFORE) & (i < hp["step"] + PROBE_AFTER)
         rec["probe_loss"] = jax.lax.cond(
-            near & (hp["pattern"] > 0),
-            lambda p: task.evaluate(p, arrays, "probe")[0].astype(jnp.float32),
-            lambda p: nan, params)
+            near, lambda p: task.evaluate(p, arrays, "probe")[0].astype(jnp.float32),
+            lambda p: nan, params) if probe else nan
         return (params, state), rec
 
     def chunk(carry, c):
@@ -141,19 +145,21 @@ def hyper(lr: float, warmup: int, injection: dict[str, Any] | None = None) -> di
 
 def make_train_fn(task: NetTask, spec: specs_lib.OptSpec) -> TrainFn:
     """``fn(hps, seeds) -> {name: array[len(hps), len(seeds), ...]}``: every run knob in
-    ``hps`` (a list of :func:`hyper` dicts) and every seed in one compiled call."""
+    ``hps`` (a list of :func:`hyper` dicts) and every seed in one compiled call. The probe
+    loss is computed only when some run of the call has an injection."""
     if task.steps % task.eval_every:
         raise ValueError(f"{task.name}: steps {task.steps} not a multiple of {task.eval_every}")
 
-    def batched(arrays, hps, seeds):
-        one = jax.vmap(lambda hp, s: _run(task, spec, arrays, hp, s), (None, 0))
+    def batched(arrays, hps, seeds, probe):
+        one = jax.vmap(lambda hp, s: _run(task, spec, arrays, hp, s, probe), (None, 0))
         return jax.vmap(one, (0, None))(hps, seeds)
 
-    compiled = jax.jit(batched)
+    compiled = jax.jit(batched, static_argnums=3)
 
     def fn(hps: list[dict[str, Any]], seeds: np.ndarray) -> dict[str, np.ndarray]:
         stacked = {k: jnp.asarray(np.stack([h[k] for h in hps])) for k in hps[0]}
-        out = compiled(task.arrays, stacked, jnp.asarray(seeds, jnp.int32))
+        probe = any(int(h["pattern"]) > 0 for h in hps)
+        out = compiled(task.arrays, stacked, jnp.asarray(seeds, jnp.int32), probe)
         return jax.tree.map(np.asarray, out)
 
     return fn
