@@ -167,3 +167,21 @@ def test_provenance_stamps_commits_dirty_state_and_versions() -> None:
     assert prov["dirty"] == bool(prov["dirty_hash"])
     assert provenance.config_hash({"a": 1, "b": [2]}) == provenance.config_hash({"b": [2], "a": 1})
     assert provenance.config_hash({"a": 1}) != provenance.config_hash({"a": 2})
+
+
+def test_runner_moves_records_of_other_code_aside(tmp_path: Path) -> None:
+    from benchmarks.suite import suites
+    from benchmarks.suite.runner import Runner
+
+    recs = _tiny_suite(np.zeros(6))  # stamped with a commit that is not this tree's
+    _write(tmp_path / "runs.jsonl", recs)
+    runner = Runner(suites.get_suite("smoke"), tmp_path)
+    assert runner.done == {} and not (tmp_path / "runs.jsonl").exists()
+    assert len(list(tmp_path.glob("runs.stale-*.jsonl"))) == 1
+    mine = [dict(r, provenance=runner.prov) for r in recs]
+    _write(tmp_path / "runs.jsonl", mine)
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write('{"schema": 2, "kind": "tu')  # an interrupted write is not "other code"
+    with pytest.warns(UserWarning, match="skipping"):
+        again = Runner(suites.get_suite("smoke"), tmp_path)
+    assert len(again.done) == len(mine)

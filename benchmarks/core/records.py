@@ -110,7 +110,7 @@ def load(path: Path, strict: bool = False) -> list[dict[str, Any]]:
     """
     if not Path(path).exists():
         return []
-    out = []
+    out, bad = [], []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -120,7 +120,10 @@ def load(path: Path, strict: bool = False) -> list[dict[str, Any]]:
             except (json.JSONDecodeError, ValueError) as e:
                 if strict:
                     raise ValueError(f"{path}:{n}: unreadable record ({e})") from e
-                warnings.warn(f"{path}:{n}: skipping unreadable record ({e})", stacklevel=2)
+                bad.append(f"{path}:{n}: {e}")
+    if bad:
+        warnings.warn(f"skipping {len(bad)} unreadable record(s); first: {bad[0][:300]}",
+                      stacklevel=2)
     return out
 
 
@@ -137,7 +140,8 @@ def check_provenance(recs: list[dict[str, Any]]) -> dict[str, Any]:
     one run of one version of the code, or not at all (rerun the suite).
     """
     if not recs:
-        raise ProvenanceError("no records to report on")
+        raise ProvenanceError("no stamped records to report on (records of an older schema "
+                              "carry no commit stamp and are skipped): rerun the suite")
     stamps: dict[tuple, dict[str, Any]] = {}
     for r in recs:
         prov = r.get("provenance")

@@ -13,6 +13,7 @@ file is moved aside and the suite reruns.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -74,6 +75,20 @@ def next_lr_exp(scores: dict[int, float], window: tuple[int, int], max_extend: i
     return None
 
 
+def _json_lines(path: Path) -> int:
+    """Number of complete JSON lines of ``path`` (a truncated last write does not count)."""
+    if not path.exists():
+        return 0
+    n = 0
+    for line in path.open(encoding="utf-8"):
+        try:
+            json.loads(line)
+            n += 1
+        except json.JSONDecodeError:
+            continue
+    return n
+
+
 def sweep_specs(tuned: dict[str, tuple[float, float]]) -> list[str]:
     """F and the strongest tuned member (best tuning score) of each robustness family."""
     out = [t for t in (specs_lib.parse_spec(suites_lib.F).text,) if t in tuned]
@@ -99,9 +114,11 @@ class Runner:
         self.stats = {"units_run": 0, "units_skipped_done": 0}
 
     def _same_code(self, recs: list[Rec]) -> list[Rec]:
-        """``recs`` if they all come from this code, else [] with the old file moved aside."""
+        """``recs`` if every line of the file is a record of this code, else [] with the old
+        file moved aside (older schemas, other commits or other uncommitted edits)."""
         mine = stamp(self.prov)
-        if all(stamp(r.get("provenance", {})) == mine for r in recs):
+        same = all(stamp(r["provenance"]) == mine for r in recs)
+        if same and _json_lines(self.jsonl) == len(recs):
             return recs
         aside = self.jsonl.with_name(f"runs.stale-{time.strftime('%Y%m%dT%H%M%S')}.jsonl")
         self.jsonl.rename(aside)
