@@ -33,7 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import specs as specs_lib
+from benchmarks.core import specs as specs_lib
+from benchmarks.core.provenance import provenance
+from benchmarks.core.tables import table as _table
 from benchmarks.ladder_problems import PROBLEMS, SGD_M, Problem
 
 # The columns. Argument names follow benchmarks/specs.py (REGISTRY) and the library's filters.
@@ -302,21 +304,7 @@ def run_ladder(cfg: LadderConfig, progress: bool = True) -> list[Cell]:
     return cells
 
 
-def run_witness(problem: Problem, steps: int | None = None, seeds: Sequence[int] = range(8),
-                lrs: Sequence[float] | None = None) -> np.ndarray:
-    """Criterion values ``[n_lr, n_seeds]`` of the problem's witness (default: its own LR and
-    learning rate 0) with the witness knobs."""
-    w = problem.witness
-    fn = make_run_fn(problem, w.spec, steps or problem.steps)
-    traj = fn(list(lrs) if lrs is not None else [w.lr, 0.0], list(seeds), w.knobs)
-    return criterion_values(problem, traj)
-
-
 # ----------------------------------------------------------------------------- outputs
-
-
-def _fmt_lr(k: int) -> str:
-    return f"2^{k} = {2.0**k:.3g}"
 
 
 def _short(spec: str) -> str:
@@ -461,12 +449,6 @@ def _grid(cfg: Any, probs: list[Any], by: dict[tuple[str, str], Any],
                                   for p in probs] for s in cfg.specs]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _facts(cfg: LadderConfig, cells: list[Cell]) -> list[str]:
     """Plain statements computed from the cells (no interpretation)."""
     probs = [p for p in PROBLEMS if p.name in cfg.problems]
@@ -598,18 +580,6 @@ def write_markdown(cfg: LadderConfig, cells: list[Cell], meta: dict[str, Any],
     path.write_text("\n".join(lines))
 
 
-def env_info() -> dict[str, Any]:
-    """Versions and machine facts."""
-    import os
-    import platform
-
-    from benchmarks.runner import library_commit
-
-    return {"python": platform.python_version(), "jax": jax.__version__,
-            "optax": optax.__version__, "backend": jax.default_backend(),
-            "machine": platform.machine(), "cpus": os.cpu_count(), "commit": library_commit()}
-
-
 def main(out: Path, command: str, quick: bool = False, seeds: int | None = None,
          problems: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the ladder and write results.json, heatmap.png, curves.png and LADDER.md."""
@@ -620,7 +590,7 @@ def main(out: Path, command: str, quick: bool = False, seeds: int | None = None,
     wall = time.perf_counter() - t0
     meta = {"command": command, "wall_s": wall,
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "env": env_info()}
+            "env": provenance()}
     res = to_json(cfg, cells, meta)
     (out / "results.json").write_text(json.dumps(res, indent=1))
     plot_heatmap(cfg, cells, out / "heatmap.png")
@@ -669,3 +639,37 @@ def summary_text(res: dict[str, Any]) -> str:
             f"{'n/a':>11s}" if c is None else f"{c['heldout_pass']:>5d}/{c['heldout_n']:<5d}"
             for c in cells))
     return "\n".join(lines)
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``ladder`` subcommand."""
+    lad = sub.add_parser("ladder", help="the difficulty ladder: synthetic problems with fixed "
+                                        "pass criteria, every optimizer, pass-rate heatmap")
+    lad.add_argument("--out", default=None, help="output dir (default benchmarks/results/ladder)")
+    lad.add_argument("--seeds", type=int, default=None,
+                     help="held-out seeds per cell (default 16; quick: 2)")
+    lad.add_argument("--quick", action="store_true",
+                     help="plumbing check: few steps, seeds, LRs and optimizers (seconds)")
+    lad.add_argument("--problems", default=None, help="comma-separated subset of the problems")
+    lad.add_argument("--report", action="store_true",
+                     help="only rewrite LADDER.md and the figures from OUT/results.json")
+
+
+def cli(a: Any, command: str) -> int:
+    """Run the parsed ``ladder`` subcommand; returns the exit code."""
+    out = Path(a.out) if a.out else Path(__file__).resolve().parent / "results" / "ladder"
+    t0 = time.perf_counter()
+    if a.seeds is not None and a.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {a.seeds}")
+    if a.report:
+        if not (out / "results.json").exists():
+            raise ValueError(f"--report: no results.json in {out}")
+        print(summary_text(rewrite_report(out)))
+        print(f"\nrewrote {out / 'LADDER.md'} and the figures")
+        return 0
+    res = main(out, command, quick=a.quick, seeds=a.seeds,
+               problems=a.problems.split(",") if a.problems else None)
+    print(summary_text(res))
+    print(f"\nwrote {out / 'LADDER.md'}, results.json, heatmap.png, curves.png "
+          f"({time.perf_counter() - t0:.0f} s total)")
+    return 0

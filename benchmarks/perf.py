@@ -12,12 +12,14 @@
 4. peak bytes of the jitted optimizer step from XLA's memory analysis (``filtered_adam`` <=
    ``optax.adam`` + one parameter-sized buffer).
 
-Every comparison is timed interleaved in one process (see :mod:`benchmarks.cost`) and
+Every comparison is timed interleaved in one process (see :mod:`benchmarks.core.cost`) and
 reported as medians with [min, max]; ratios compare numbers measured side by side.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import platform
 import resource
@@ -32,7 +34,9 @@ import numpy as np
 import optax
 
 import filtered_optax as fo
-from benchmarks import cost
+from benchmarks.core import cost
+from benchmarks.core.models import CharLM, nnx_functional
+from benchmarks.core.provenance import provenance
 
 # Targets of the performance issue.
 MAX_FILTER_RATIO = 1.10
@@ -127,9 +131,6 @@ def filter_cost(n: int, reps: int) -> dict[str, Any]:
 
 
 def _lm_params() -> Any:
-    from benchmarks.models import CharLM
-    from benchmarks.tasks import nnx_functional
-
     c = MUON_LM
     init, _ = nnx_functional(lambda r: CharLM(c["vocab"], c["d"], c["layers"], c["heads"],
                                               c["context"], r))
@@ -321,10 +322,24 @@ def main(out: Path, command: str, *, quick: bool = False) -> dict[str, Any]:
         res["muon_cost"].append(muon_cost(
             f"LM d={MUON_LM['d']}, {MUON_LM['layers']} layers", _lm_params(), 7))
     res["train_step"] = train_step_cost(2 if quick else 15)
+    ns = ns_scaling_module()
+    if ns is not None:
+        res["ns_scaling"] = ns.measure(quick)
+    res["provenance"] = provenance()
     res["wall_s"] = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     (out / "perf.json").write_text(json.dumps(res, indent=1, default=str))
     return write_report(out)
+
+
+def ns_scaling_module() -> Any:
+    """``benchmarks.ns_scaling`` (distributed Newton–Schulz scaling) when it exists, else None.
+
+    Its contract: ``measure(quick) -> list[dict]`` and ``to_markdown(rows) -> str``.
+    """
+    if importlib.util.find_spec("benchmarks.ns_scaling") is None:
+        return None
+    return importlib.import_module("benchmarks.ns_scaling")
 
 
 def write_report(out: Path) -> dict[str, Any]:
@@ -332,5 +347,30 @@ def write_report(out: Path) -> dict[str, Any]:
     res = json.loads((out / "perf.json").read_text())
     reading = out / "perf_reading.md"
     res["reading"] = reading.read_text() if reading.exists() else ""
-    (out / "perf.md").write_text(render(res))
+    text = render(res)
+    ns = ns_scaling_module()
+    if ns is not None and res.get("ns_scaling"):
+        text += "\n## Distributed Newton–Schulz scaling\n\n" + ns.to_markdown(res["ns_scaling"])
+    (out / "perf.md").write_text(text)
     return res
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``perf`` subcommand."""
+    perf = sub.add_parser("perf", help="the performance targets: filter cost, Muon speed and "
+                                       "orthogonality, train-step overhead, peak bytes")
+    perf.add_argument("--out", default=None, help="output dir (default benchmarks/results)")
+    perf.add_argument("--quick", action="store_true", help="small sizes (plumbing check)")
+    perf.add_argument("--report", action="store_true",
+                      help="only rewrite perf.md from perf.json and perf_reading.md")
+
+
+def cli(a: Any, command: str) -> int:
+    """Run the parsed ``perf`` subcommand."""
+    out = Path(a.out) if a.out else Path(__file__).resolve().parent / "results"
+    if a.report:
+        write_report(out)
+    else:
+        main(out, command, quick=a.quick)
+    print((out / "perf.md").read_text())
+    return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import records
-from benchmarks import specs as specs_lib
+from benchmarks.core import specs as specs_lib
+from benchmarks.core.models import CharLM, nnx_functional
 
 COST_SPECS = ("adam", "filtered_adam", "muon", "optax_muon")
 # Nominal bytes moved per parameter per step (float32): Adam family reads p, g, m, v and writes
@@ -154,17 +153,11 @@ def bench_train_step(lm_kwargs: dict[str, Any], reps: int,
                      spec_texts: tuple[str, ...] = COST_SPECS,
                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Interleaved full train-step (forward, backward, update) timings on the char LM."""
-    from flax import nnx
-
-    from benchmarks.models import CharLM
-    from benchmarks.tasks import nnx_functional
-
     vocab, ctx, bs = 65, lm_kwargs["context"], lm_kwargs["batch_size"]
     init, apply = nnx_functional(lambda r: CharLM(vocab, lm_kwargs["d"], lm_kwargs["layers"],
                                                   lm_kwargs["heads"], ctx, r))
     tokens = jax.random.randint(jax.random.key(1), (bs, ctx + 1), 0, vocab)
     n_params = int(sum(x.size for x in jax.tree.leaves(init(jax.random.key(0)))))
-    del nnx
 
     def loss(params, tok):
         logits = apply(params, tok[:, :-1])
@@ -194,32 +187,3 @@ def bench_train_step(lm_kwargs: dict[str, Any], reps: int,
     return [{"what": "train_step", "spec": t, "n_params": n_params, "reps": reps,
              "times_s": r["times"], **summary(r["times"]), "state_bytes": tree_bytes(r["state"]),
              "lm": dict(lm_kwargs)} for t, r in runners.items()]
-
-
-def run_cost(suite: Any, jsonl: Path, done: dict[str, Any], env: dict[str, Any],
-             write: Callable[[list[dict[str, Any]]], None],
-             log: Callable[[str], None] | None = None) -> None:
-    """Run the suite's cost benchmarks, skipping sizes already in ``done``."""
-    from tqdm.auto import tqdm
-
-    log = log or tqdm.write
-    items: list[tuple[str, Any]] = [("opt_step", n) for n in suite.cost_sizes]
-    if suite.cost_lm:
-        items.append(("train_step", suite.cost_lm))
-    with tqdm(total=len(items), desc="cost", unit="size", dynamic_ncols=True) as bar:
-        for what, arg in items:
-            tag = arg if what == "opt_step" else records.config_hash(arg)
-            key_base = records.make_key("cost", suite.name, what, tag, suite.cost_reps)
-            if any(k.startswith(key_base + "|") for k in done):
-                bar.update(1)
-                continue
-            bar.set_postfix_str(f"{what} {tag}")
-            run_id = time.strftime("%Y%m%dT%H%M%S")
-            if what == "opt_step":
-                rows = bench_opt_steps(arg, suite.cost_reps, log=log)
-            else:
-                rows = bench_train_step(arg, suite.cost_reps, log=log)
-            write([{"schema": records.SCHEMA, "kind": "cost", "suite": suite.name,
-                    "key": f"{key_base}|{row['spec']}", "run_id": run_id, "env": env, **row}
-                   for row in rows])
-            bar.update(1)

@@ -1,15 +1,22 @@
 """Small Flax NNX models used by the benchmark tasks.
 
 Layer names are chosen so that path-based routing (e.g. Muon's "hidden matrix" presets) can tell
-the input embedding (``embed``), the output head (``head``) and hidden matrices apart. The
+the input embedding (``embed``), the learned positions (``pos_embedding``), the output head
+(``head``) and hidden matrices apart. The
 attention output projection is called ``proj`` (never ``out``) to avoid being mistaken for a head.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+Params = Any
 
 
 class Block(nnx.Module):
@@ -42,13 +49,13 @@ class CharLM(nnx.Module):
         self, vocab: int, d: int, layers: int, heads: int, context: int, rngs: nnx.Rngs
     ) -> None:
         self.embed = nnx.Embed(vocab, d, rngs=rngs)
-        self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, d)))
+        self.pos_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, d)))
         self.blocks = nnx.List([Block(d, heads, rngs) for _ in range(layers)])
         self.ln_f = nnx.LayerNorm(d, rngs=rngs)
         self.head = nnx.Linear(d, vocab, rngs=rngs)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        x = self.embed(tokens) + self.pos[: tokens.shape[-1]]
+        x = self.embed(tokens) + self.pos_embedding[: tokens.shape[-1]]
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x))
@@ -111,3 +118,25 @@ class CNN1D(nnx.Module):
         x = jax.nn.relu(self.conv2(x))
         x = jax.nn.relu(self.fc(x.reshape(x.shape[0], -1)))
         return self.head(x)
+
+
+def nnx_functional(make: Callable[[nnx.Rngs], nnx.Module]):
+    """Turn an NNX module constructor into ``(init(key) -> dict, apply(params, *x))``."""
+    abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+    graphdef, abstract_state = nnx.split(abstract, nnx.Param)
+
+    def init(key: jax.Array) -> Params:
+        return nnx.to_pure_dict(nnx.state(make(nnx.Rngs(key)), nnx.Param))
+
+    def apply(params: Params, *args: Any) -> jax.Array:
+        state = jax.tree.map(lambda x: x, abstract_state)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(graphdef, state)(*args)
+
+    return init, apply
+
+
+def count_params(init: Callable[[jax.Array], Params]) -> int:
+    """Number of scalar parameters produced by ``init`` (no FLOPs spent)."""
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    return int(sum(np.prod(s.shape) for s in jax.tree.leaves(shapes)))

@@ -44,9 +44,13 @@ def steps_to_target(values: np.ndarray, eval_every: int, target: float,
     return int((idx[0] + 1) * eval_every) if idx.size else None
 
 
-def net_metrics(out: dict[str, np.ndarray], eval_every: int, target: float,
+def net_metrics(out: dict[str, np.ndarray], eval_every: int, targets: tuple[float, ...],
                 higher_better: bool) -> dict[str, Any]:
-    """Metrics of one network run (``out`` = one seed's slice of the training output)."""
+    """Metrics of one network run (``out`` = one seed's slice of the training output).
+
+    ``steps_to_target`` holds one entry per target: the first evaluated step that reaches it,
+    or None (censored: not reached within the run; reports show ``> steps``).
+    """
     train = np.asarray(out["train_loss"], float)
     val_loss = float(out["val_loss"][-1])
     diverged = (not math.isfinite(val_loss)) or val_loss > float(train[0])
@@ -55,7 +59,8 @@ def net_metrics(out: dict[str, np.ndarray], eval_every: int, target: float,
         "final_val_metric": _f(out["val_metric"][-1]),
         "test_loss": _f(out["test_loss"]),
         "test_metric": _f(out["test_metric"]),
-        "steps_to_target": steps_to_target(out["val_metric"], eval_every, target, higher_better),
+        "steps_to_target": [steps_to_target(out["val_metric"], eval_every, t, higher_better)
+                            for t in targets],
         "loss_spikes": count_loss_spikes(train),
         "diverged": bool(diverged),
         "early_loss": _f(np.mean(train[:EARLY_STEPS])),
@@ -68,7 +73,7 @@ def net_metrics(out: dict[str, np.ndarray], eval_every: int, target: float,
 
 def spike_metrics(probe: np.ndarray, sqrt_nu: np.ndarray, spike_step: int,
                   window: int) -> dict[str, Any]:
-    """Corrupt-batch response from the per-step probe loss (recorded after each update).
+    """Response to an injected spike, from the per-step probe loss (recorded after each update).
 
     ``loss_ratio`` = peak probe loss in the ``window`` steps from the spike on / mean of the 5
     steps before; ``recovery_steps`` = steps from the spike until, after that peak, the probe

@@ -12,7 +12,10 @@ variants are a vmapped axis, not separate programs):
 * ``global_spikes`` – with probability 1e-2 per step the whole gradient is multiplied by 1e3;
 * ``sparse`` – half of the coordinates are rare features present in 2 % of the steps (the
   gradient is zero there otherwise);
-* ``jump`` – the optimum jumps by a N(0, 3²) vector at mid-run; we measure the lag to recover.
+* ``jump`` – the optimum jumps by a N(0, 3²) vector at mid-run; we measure the lag to recover;
+* ``sweep/<kind>/<pattern>/<magnitude>`` – the Gaussian variant plus an injected spike from
+  mid-run on (:mod:`benchmarks.suite.train`'s patterns: once, every 50 steps, a burst of 5; kinds:
+  the whole gradient × M, or one coordinate + M × the gradient's RMS).
 
 Seeds are paired: seed ``s`` fixes x*, the jump direction and the whole noise stream for every
 optimizer and learning rate.
@@ -22,14 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import specs as specs_lib
-from benchmarks.train import max_sqrt_nu
+from benchmarks.core import records
+from benchmarks.core import specs as specs_lib
+from benchmarks.suite.train import KINDS, PATTERNS, inject, injected, max_sqrt_nu
 
 DIM = 64
 SPIKE = 1e3  # spike magnitude (coordinate spikes: in noise units; global: gradient multiplier)
@@ -47,6 +52,10 @@ class QuadVariant:
     rare_frac: float = 0.0
     rare_p: float = 1.0
     jump: float = 0.0
+    inj_magnitude: float = 1.0
+    inj_pattern: float = 0.0  # train.PATTERNS code (0 = none)
+    inj_kind: float = 0.0  # train.KINDS code
+    inj_at: float = 0.5  # first injected step, as a fraction of the run
 
 
 VARIANTS: dict[str, QuadVariant] = {
@@ -82,7 +91,9 @@ def _gradient(x: jax.Array, t: jax.Array, v: dict, seed: jax.Array,
     g = h * (x - target) + v["sigma"] * jnp.sqrt(h) * z
     g = g * jnp.where(jax.random.bernoulli(kg, v["p_global"]), SPIKE, 1.0)
     present = jnp.where(rare > 0, jax.random.bernoulli(kr, v["rare_p"], (DIM,)), True)
-    return g * present, target
+    inj = {"magnitude": v["inj_magnitude"], "pattern": v["inj_pattern"], "kind": v["inj_kind"],
+           "step": (v["inj_at"] * steps).astype(jnp.int32)}
+    return inject(g * present, injected(t, inj), inj), target
 
 
 def _loss(x: jax.Array, target: jax.Array) -> jax.Array:
@@ -124,20 +135,17 @@ def _run_one(spec: specs_lib.OptSpec, steps: int, lr, v: dict, seed) -> dict:
     return _finish(jax.tree.map(lambda a: a.T, recs))
 
 
-def _variant_params(variant_names: list[str]) -> dict[str, jax.Array]:
-    vs = [asdict(VARIANTS[n]) for n in variant_names]
+def _variant_params(variants: list[QuadVariant]) -> dict[str, jax.Array]:
+    vs = [asdict(v) for v in variants]
     return {k: jnp.asarray([v[k] for v in vs], jnp.float32) for k in vs[0]}
 
 
-def make_quad_fn(spec: specs_lib.OptSpec, steps: int,
-                 stepwise: bool = False) -> Callable[..., dict[str, np.ndarray]]:
-    """``fn(lrs, variant_names, seeds) -> {name: array[L, V, S, ...]}``.
+def make_quad_fn(spec: specs_lib.OptSpec, steps: int) -> Callable[..., dict[str, np.ndarray]]:
+    """``fn(lrs, variants, seeds) -> {name: array[L, V, S, ...]}`` (``variants``: a list of
+    :class:`QuadVariant`).
 
-    Fused: one compile per spec. Stepwise: the noisy gradient is compiled once for all specs
-    and only the optimizer update per spec (for short smoke runs).
+    One compile per spec.
     """
-    if stepwise:
-        return _make_stepwise(spec, steps)
 
     def batched(lrs, vparams, seeds):
         over_seed = jax.vmap(lambda lr, v, s: _run_one(spec, steps, lr, v, s), (None, None, 0))
@@ -146,8 +154,8 @@ def make_quad_fn(spec: specs_lib.OptSpec, steps: int,
 
     compiled = jax.jit(batched)
 
-    def fn(lrs, variant_names, seeds) -> dict[str, np.ndarray]:
-        vparams = _variant_params(variant_names)
+    def fn(lrs, variants, seeds) -> dict[str, np.ndarray]:
+        vparams = _variant_params(list(variants))
         try:
             out = compiled(jnp.asarray(lrs, jnp.float32), vparams, jnp.asarray(seeds, jnp.int32))
             return jax.tree.map(np.asarray, out)
@@ -158,48 +166,6 @@ def make_quad_fn(spec: specs_lib.OptSpec, steps: int,
                 for lr in lrs
             ]
             return jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *per_lr)
-
-    return fn
-
-
-_GRAD: dict[int, Callable] = {}
-
-
-def _make_stepwise(spec: specs_lib.OptSpec, steps: int) -> Callable[..., dict[str, np.ndarray]]:
-    """Stepwise quadratic runs over a flattened (lr, variant, seed) batch."""
-    if steps not in _GRAD:
-        _GRAD[steps] = jax.jit(jax.vmap(lambda x, t, v, s: _gradient(x, t, v, s, steps),
-                                        (0, None, 0, 0)))
-    grad = _GRAD[steps]
-
-    def init(x, lr):
-        return specs_lib.build(spec, lr).init(x)
-
-    def update(g, state, x, lr, target):
-        updates, state = specs_lib.build(spec, lr).update(g, state, x)
-        x = optax.apply_updates(x, updates)
-        return x, state, _step_records(spec, state, _loss(x, target))
-
-    opt_init = jax.vmap(init)  # eager: see train.make_stepwise_fn
-    opt_update = jax.jit(jax.vmap(update))
-
-    def fn(lrs, variant_names, seeds) -> dict[str, np.ndarray]:
-        n_l, n_v, n_s = len(lrs), len(variant_names), len(seeds)
-        vp = _variant_params(variant_names)
-        lr_b = jnp.repeat(jnp.asarray(lrs, jnp.float32), n_v * n_s)
-        v_b = {k: jnp.tile(jnp.repeat(a, n_s), n_l) for k, a in vp.items()}
-        s_b = jnp.tile(jnp.asarray(seeds, jnp.int32), n_l * n_v)
-        x = jnp.zeros((lr_b.shape[0], DIM))
-        state = opt_init(x, lr_b)
-        recs: dict[str, list] = {}
-        for t in range(steps):
-            g, target = grad(x, jnp.int32(t), v_b, s_b)
-            x, state, rec = opt_update(g, state, x, lr_b, target)
-            for k, v in rec.items():
-                recs.setdefault(k, []).append(np.asarray(v))
-        out = _finish({k: np.stack(v, axis=-1) for k, v in recs.items()})
-        return {k: np.asarray(v).reshape(n_l, n_v, n_s, *np.shape(v)[1:])
-                for k, v in out.items()}
 
     return fn
 
@@ -231,3 +197,33 @@ def quad_metrics(loss: np.ndarray, jump: bool) -> dict[str, float | int | bool |
         below = np.nonzero(post[peak_i:] <= thresh)[0]
         out["jump_lag"] = int(peak_i + below[0]) if (finite and below.size) else steps - j
     return out
+
+
+def variants(sweep: tuple[dict[str, Any], ...]) -> dict[str, QuadVariant]:
+    """The fixed variants plus one Gaussian variant per injection of the sweep."""
+    out = dict(VARIANTS)
+    for inj in sweep:
+        name = f"sweep/{inj['kind']}/{inj['pattern']}/{inj['magnitude']:g}"
+        out[name] = QuadVariant(inj_magnitude=inj["magnitude"],
+                                inj_pattern=float(PATTERNS[inj["pattern"]]),
+                                inj_kind=float(KINDS[inj["kind"]]))
+    return out
+
+
+def to_records(spec: str, suite: Any, vs: dict[str, QuadVariant], seeds: tuple[int, ...],
+               out: dict[str, np.ndarray], dt: float, cfg: list[Any],
+               prov: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``quad`` record per (variant, LR) holding per-seed metrics, plus a mean curve."""
+    recs = []
+    n_runs = out["loss"].shape[0] * out["loss"].shape[1] * out["loss"].shape[2]
+    for li, k in enumerate(suite.quad_lr_exps):
+        for vi, v in enumerate(vs):
+            ms = [quad_metrics(out["loss"][li, vi, si], v == "jump") for si in range(len(seeds))]
+            metrics = {name: [m.get(name) for m in ms] for name in ms[0]}
+            recs.append(records.make_record(
+                "quad", suite=suite.name, provenance=prov, config=cfg,
+                key_parts=(spec, v, k), task=f"quad/{v}", spec=spec, lr=2.0**k, lr_exp=k,
+                seed=None, seeds=list(seeds), tune_seeds=list(suite.quad_tune_seeds),
+                eval_seeds=list(suite.quad_eval_seeds), steps=suite.quad_steps,
+                metrics=metrics, time_s=dt / n_runs))
+    return recs
