@@ -30,6 +30,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("specs", help="list optimizer spec names")
 
 
+def run_summary(out: Path, suite: str, info: dict) -> str:
+    """What a run rests on: the data of every task (name + sha256 prefix) and what was skipped."""
+    from benchmarks.core import records
+    from benchmarks.suite import report
+
+    recs = [r for r in records.load(out / "runs.jsonl") if r.get("suite") == suite]
+    lines = ["", f"Suite `{suite}` ran on this data (shipped files: benchmarks/data/SOURCES.md):"]
+    lines += report.data_lines(recs)
+    lines += [f"SKIPPED: {s}" for s in info.get("skipped", [])]
+    return "\n".join(lines)
+
+
 def main(a: argparse.Namespace, command: str) -> int:
     """Run the parsed suite subcommand; returns the exit code."""
     if getattr(a, "suite", None) == "smoke" and "jax" not in sys.modules:
@@ -64,6 +76,7 @@ def main(a: argparse.Namespace, command: str) -> int:
     except ProvenanceError as e:
         print(f"refusing to report on {out / 'runs.jsonl'}: {e}", file=sys.stderr)
         return 2
+    print(run_summary(out, suite.name, meta.get("info") or {}))
     label = " (INDICATIVE ONLY: small size, not evidence)" if suite.indicative else ""
     print(f"\nClaims{label}, computed from the records:\n")
     print(report.claims_text(claims))
