@@ -115,22 +115,25 @@ def _staged(
     return optax.chain(stage, optax.scale_by_learning_rate(lr))
 
 
-def hidden_matrices(params: Any) -> Any:
+def hidden_matrices(params: Any, labels: Any = None) -> Any:
     """``optax.contrib.muon``'s ``muon_weight_dimension_numbers`` for the hidden matrices only.
 
-    The same leaves as ``fo.muon`` routes (``fo.muon_specs``: embeddings, positions, heads and
-    vectors go to Adam), in optax's terms, so both Muons orthogonalize the same matrices, as
-    optax's documentation advises (Jordan et al. 2024, "Muon: an optimizer for hidden layers").
+    The same leaves and axes as ``fo.muon`` routes with the same ``labels`` (``fo.muon_specs``:
+    embeddings, positions, heads and vectors go to Adam), in optax's terms, so both Muons
+    orthogonalize the same matrices, as optax's documentation advises (Jordan et al. 2024,
+    "Muon: an optimizer for hidden layers").
     """
     dn = optax.contrib.MuonDimensionNumbers
     return jax.tree.map(
         lambda s: None if s is None else dn(s.reduction_axes, s.output_axes),
-        fo.muon_specs(params), is_leaf=lambda s: s is None or isinstance(s, fo.MatrixSpec))
+        fo.muon_specs(params, labels=labels),
+        is_leaf=lambda s: s is None or isinstance(s, fo.MatrixSpec))
 
 
-def _optax_muon(lr: Any, **kw: Any) -> optax.GradientTransformation:
+def _optax_muon(lr: Any, labels: Any = None, **kw: Any) -> optax.GradientTransformation:
     """``optax.contrib.muon`` on the hidden matrices only (:func:`hidden_matrices`)."""
-    return optax.contrib.muon(lr, muon_weight_dimension_numbers=hidden_matrices, **kw)
+    return optax.contrib.muon(
+        lr, muon_weight_dimension_numbers=lambda p: hidden_matrices(p, labels), **kw)
 
 
 _ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
@@ -333,11 +336,17 @@ def parse_spec(text: str) -> OptSpec:
     return OptSpec(base, tuple(mods))
 
 
-def build(spec: OptSpec | str, learning_rate: Any, *, stats: bool = True
-          ) -> optax.GradientTransformation:
+# Bases that route parameters between Muon and AdamW, and so take a routing rule.
+ROUTED_BASES = ("muon", "optax_muon")
+
+
+def build(spec: OptSpec | str, learning_rate: Any, *, stats: bool = True,
+          routing: Any = None) -> optax.GradientTransformation:
     """Build the optax transformation for ``spec`` (``learning_rate`` may be a traced scalar).
 
-    ``stats=False`` builds filtered optimizers without their statistics buffers.
+    ``stats=False`` builds filtered optimizers without their statistics buffers. ``routing``
+    (a ``labels=`` rule, e.g. ``fo.trace_routing(loss, params, batch)``) decides which
+    parameters the Muon bases send to Muon; None keeps fo.muon's name presets.
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     mods = []
@@ -349,6 +358,8 @@ def build(spec: OptSpec | str, learning_rate: Any, *, stats: bool = True
     kwargs = {**(spec.entry.params or {}), **dict(spec.base.kwargs)}
     if spec.uses_filter:
         kwargs["stats"] = stats
+    if routing is not None and spec.base.name in ROUTED_BASES:
+        kwargs["labels"] = routing
     base = spec.entry.build(learning_rate, **kwargs)
     return optax.chain(*mods, base) if mods else base
 

@@ -32,7 +32,7 @@ from benchmarks.core.provenance import provenance, stamp
 from benchmarks.suite import quadratic
 from benchmarks.suite import suites as suites_lib
 from benchmarks.suite.suites import NetPlan, Suite
-from benchmarks.suite.tasks import TASK_BUILDERS, NetTask
+from benchmarks.suite.tasks import TASK_BUILDERS, NetTask, with_traced_routing
 from benchmarks.suite.train import PROBE_AFTER, hyper, make_train_fn
 
 Rec = dict[str, Any]
@@ -205,6 +205,8 @@ class Runner:
         except data_lib.DataUnavailable as e:
             self._skip(f"task {plan.task}: {e}")
             return
+        if any(specs_lib.parse_spec(t).base.name in specs_lib.ROUTED_BASES for t in plan.specs):
+            task = with_traced_routing(task)  # Muon's routing, read off the loss once
         warmup = int(round(plan.warmup_frac * task.steps))
         log(f"task {task.name}: {task.n_params:,} params, {task.steps} steps, data "
             f"{task.data_id}, tuning seeds {plan.tune_seeds}, eval seeds {plan.eval_seeds}")

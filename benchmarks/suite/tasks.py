@@ -8,6 +8,7 @@ path-based routing (Muon) sees ordinary ``DictKey`` paths such as ``blocks/0/qkv
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+import filtered_optax as fo
 from benchmarks.core import data as data_lib
 from benchmarks.core.models import CNN1D, MLP, CharLM, count_params, nnx_functional
 
@@ -49,6 +51,24 @@ class NetTask:
     n_params: int = 0
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    routing: Any = None  # fo.trace_routing of the loss: which parameters Muon takes
+
+
+def traced_routing(task: NetTask) -> fo.TracedRouting:
+    """Muon's routing read off the task's loss (abstract trace: shapes only, no FLOPs).
+
+    Embeddings (gathered), position tables (added), the head (the last projection before the
+    loss) and vectors go to AdamW; every other contracted weight to Muon with the axes the model
+    contracts it over. Computed once per task, outside the training step.
+    """
+    params = jax.eval_shape(task.init, jax.random.key(0))
+    batch = jax.eval_shape(task.sample, task.arrays, jax.random.key(0))
+    return fo.trace_routing(task.loss, params, batch)
+
+
+def with_traced_routing(task: NetTask) -> NetTask:
+    """``task`` with :func:`traced_routing` attached (what the Muon specs then use)."""
+    return dataclasses.replace(task, routing=traced_routing(task))
 
 
 # --------------------------------------------------------------------------- language model

@@ -100,7 +100,8 @@ def _run(task: NetTask, spec: specs_lib.OptSpec, arrays: dict, hp: dict[str, jax
     """
     k_init, k_data = jax.random.split(jax.random.key(seed))
     params = task.init(k_init)
-    opt = specs_lib.build(spec, schedule(hp["lr"], hp["warmup"], task.steps))
+    opt = specs_lib.build(spec, schedule(hp["lr"], hp["warmup"], task.steps),
+                          routing=task.routing)
     state = opt.init(params)
     nan = jnp.float32(jnp.nan)
 
