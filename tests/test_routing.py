@@ -21,7 +21,7 @@ def test_routing_table_prints_nothing_and_str_is_one_table(capsys):
     assert capsys.readouterr().out == ""
     text = str(table)
     lines = text.splitlines()
-    assert lines[0].split() == ["path", "shape", "route", "matrix", "scale"]
+    assert lines[0].split() == ["path", "shape", "route", "matrix", "scale", "why"]
     assert len(lines) == 1 + len(jax.tree.leaves(PARAMS))
     assert "[" not in text and "RouteRow" not in text  # a table, not a list repr
     print(table)
@@ -48,6 +48,7 @@ def test_print_table_keyword_still_prints(capsys):
     assert capsys.readouterr().out.startswith("path")
 
 
+@pytest.mark.filterwarnings("ignore:Muon routing")  # PARAMS' undeclared stack warns
 def test_routing_value_equals_the_keywords():
     rule = lambda names, shape: "adam" if names[0] == "layers" else None  # noqa: E731
     for kw in (
