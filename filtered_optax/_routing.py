@@ -459,23 +459,25 @@ def _looks_stacked(names: PathNames, shape: Shape, facts: TreeFacts) -> bool:
     return "conv" not in parent and not conv_bias
 
 
-def _stack_warning(
-    names_list: Sequence[PathNames],
+def _stack_suspects(
+    names: Sequence[PathNames],
     shapes: Sequence[Shape],
     decisions: Sequence[Decision],
     facts: TreeFacts,
-) -> str:
-    """The warning for preset-routed kernels that look stacked ("" when there are none)."""
-    suspects = [
-        (names, shape, d.spec)
-        for names, shape, d in zip(names_list, shapes, decisions)
+) -> list[int]:
+    """Indices of preset-routed, unstacked matrices whose kernel looks stacked."""
+    return [
+        i
+        for i, (n, s, d) in enumerate(zip(names, shapes, decisions))
         if d.preset
         and d.spec is not None
-        and len(d.spec.reduction_axes) + len(d.spec.output_axes) == len(shape)
-        and _looks_stacked(names, shape, facts)
+        and len(d.spec.reduction_axes) + len(d.spec.output_axes) == len(s)
+        and _looks_stacked(n, s, facts)
     ]
-    if not suspects:
-        return ""
+
+
+def _stack_warning(suspects: Sequence[tuple[PathNames, Shape, MatrixSpec]]) -> str:
+    """The warning naming the kernels that look stacked, and the fix."""
     listed = ", ".join(
         f"{'/'.join(n)} {s} → one {' × '.join(map(str, _sides(spec, s)))} matrix"
         for n, s, spec in suspects
@@ -499,8 +501,12 @@ def route_tree(params: Any, routing: Routing) -> tuple[list, Any, list[Decision]
     shapes = [tuple(x.shape) for _, x in flat]
     facts = tree_facts(list(zip(names, shapes)), routing)
     decisions = [decide(n, s, routing, facts) for n, s in zip(names, shapes)]
-    warning = _stack_warning(names, shapes, decisions, facts)
-    if warning:
+    suspects = _stack_suspects(names, shapes, decisions, facts)
+    for i in suspects:
+        why = decisions[i].why + "; looks stacked: declare stacked= (warned)"
+        decisions[i] = decisions[i]._replace(why=why)
+    if suspects:
+        warning = _stack_warning([(names[i], shapes[i], decisions[i].spec) for i in suspects])
         warnings.warn(warning, UserWarning, stacklevel=3)
     return flat, treedef, decisions
 
