@@ -8,6 +8,9 @@ import pytest
 
 import filtered_optax as fo
 
+# PARAMS' "layers" stack is declared in some calls only; the undeclared calls warn.
+pytestmark = pytest.mark.filterwarnings("ignore:Muon routing")
+
 S = jax.ShapeDtypeStruct
 PARAMS = {
     "embed": {"embedding": S((10, 4), jnp.float32)},
@@ -48,7 +51,6 @@ def test_print_table_keyword_still_prints(capsys):
     assert capsys.readouterr().out.startswith("path")
 
 
-@pytest.mark.filterwarnings("ignore:Muon routing")  # PARAMS' undeclared stack warns
 def test_routing_value_equals_the_keywords():
     rule = lambda names, shape: "adam" if names[0] == "layers" else None  # noqa: E731
     for kw in (
