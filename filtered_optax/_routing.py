@@ -246,17 +246,17 @@ class TreeFacts(NamedTuple):
     out_heads: frozenset = frozenset()
 
 
-NO_FACTS = TreeFacts()  # a parameter on its own: no tree-level presets
+_NO_FACTS = TreeFacts()  # a parameter on its own: no tree-level presets
 
 
-def is_position_name(name: str) -> bool:
+def _is_position_name(name: str) -> bool:
     """A position table's name: first ``_``-word pos / position / positional, every other
     word an embedding-table word (``pos``, ``pos_emb``, ``positional_embedding``, ...)."""
     first, *rest = name.lower().split("_")
     return first in POSITION_WORDS and all(w in TABLE_WORDS for w in rest)
 
 
-def is_head_name(name: str, head_names: Sequence[str]) -> bool:
+def _is_head_name(name: str, head_names: Sequence[str]) -> bool:
     """``name`` is in ``head_names``, or its first or last ``_``-word is (``lm_head``,
     ``to_logits``, ``logits_proj``; not ``multi_head_attention``)."""
     words = name.lower().split("_")
@@ -268,12 +268,12 @@ def _named_adam(lowered: PathNames, routing: Routing, facts: TreeFacts) -> str:
     if lowered and lowered[-1] in NON_MATRIX_LEAVES:
         return "name preset: bias/norm leaf"
     for n in lowered:
-        if is_position_name(n):
+        if _is_position_name(n):
             return f"name preset: position table name {n!r}"
         if n in routing.embed_names:
             return f"name preset: embedding name {n!r}"
     for n in lowered:
-        if is_head_name(n, routing.head_names):
+        if _is_head_name(n, routing.head_names):
             return f"name preset: head name {n!r}"
     for i, n in enumerate(lowered):
         if lowered[: i + 1] in facts.out_heads:
@@ -307,17 +307,21 @@ def _sides(spec: MatrixSpec, shape: Shape) -> tuple[int, int]:
 
 
 def preset_decision(
-    names: PathNames, shape: Shape, routing: Routing, facts: TreeFacts = NO_FACTS
+    names: PathNames, shape: Shape, routing: Routing, facts: TreeFacts = _NO_FACTS
 ) -> Decision:
     """The name presets' route of one leaf, and why.
 
     AdamW: biases and norm gains (leaf bias / scale / gamma / beta); embeddings and position
-    tables (``embed_names``, :func:`is_position_name`); heads (:func:`is_head_name`, and the
-    ``out`` heads found on the tree, ``facts.out_heads``); rank < 2 after stack axes; any
-    matrix view with a side of 1 (a ``(1, 1, d)`` class token: orthogonalizing a vector
+    tables (``embed_names``; position words, see ``POSITION_WORDS``); heads (``head_names``
+    matched on the first or last ``_``-word, and the ``out`` heads found on the tree,
+    ``facts.out_heads``); rank < 2 after stack axes; any matrix view with a side of 1
+    (``min(fan_in, fan_out) = 1``: a ``(1, 1, d)`` class token; orthogonalizing a vector
     only normalizes it). Muon: the rest, viewed by :func:`matrix_spec`; a 4-D
     query/key/value kernel is a stack of ``(in, heads, head_dim)`` kernels.
     ``routing`` must be normalized (:meth:`Routing.normalized`).
+
+    References:
+      Jordan, "Muon", 2024 (hidden matrices only); Liu et al., arXiv:2502.16982.
     """
     lowered = tuple(n.lower() for n in names)
     named = _named_adam(lowered, routing, facts)
@@ -374,13 +378,17 @@ def _rule_reason(rule: Any, names: PathNames) -> str | None:
 
 
 def decide(
-    names: PathNames, shape: Shape, routing: Routing, facts: TreeFacts = NO_FACTS
+    names: PathNames, shape: Shape, routing: Routing, facts: TreeFacts = _NO_FACTS
 ) -> Decision:
     """User rule first (``routing.labels``), presets for what it leaves undecided (None).
 
     The reason is the rule's own (``rule.reason(names)``, as traced routing gives) or
     ``"user rule"``; for a leaf the rule defers, the preset's reason (with the rule's
-    note in parentheses when it has one).
+    note in parentheses when it has one). ``facts`` (from the whole params tree) enable the
+    tree-level presets; without them the leaf is judged on its own.
+
+    References:
+      Jordan, "Muon", 2024; Liu et al., arXiv:2502.16982 (what goes to AdamW).
     """
     rule = routing.labels
     answer = rule(names, shape) if rule is not None else None
@@ -409,7 +417,7 @@ def _out_heads(
     a head when another component is named as a head; else the shallowest candidate is,
     when it is the only one at its depth (one ``out`` per block of a list is not a head).
     """
-    if any(is_head_name(n, routing.head_names) for names in lowered for n in names):
+    if any(_is_head_name(n, routing.head_names) for names in lowered for n in names):
         return frozenset()
     candidates = {
         names[: i + 1]
@@ -424,7 +432,7 @@ def _out_heads(
     return frozenset(shallowest) if len(shallowest) == 1 else frozenset()
 
 
-def tree_facts(leaves: Sequence[tuple[PathNames, Shape]], routing: Routing) -> TreeFacts:
+def _tree_facts(leaves: Sequence[tuple[PathNames, Shape]], routing: Routing) -> TreeFacts:
     """The :class:`TreeFacts` of a params tree given as ``(names, shape)`` per leaf."""
     lowered = [tuple(n.lower() for n in names) for names, _ in leaves]
     children: dict[PathNames, set] = {}
@@ -493,13 +501,13 @@ def _stack_warning(suspects: Sequence[tuple[PathNames, Shape, MatrixSpec]]) -> s
     )
 
 
-def route_tree(params: Any, routing: Routing) -> tuple[list, Any, list[Decision]]:
+def _route_tree(params: Any, routing: Routing) -> tuple[list, Any, list[Decision]]:
     """``(flat (path, leaf) pairs, treedef, decisions)`` of a params tree, with the
     tree-level presets; warns (``UserWarning``) about kernels that look stacked."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     names = [path_names(p) for p, _ in flat]
     shapes = [tuple(x.shape) for _, x in flat]
-    facts = tree_facts(list(zip(names, shapes)), routing)
+    facts = _tree_facts(list(zip(names, shapes)), routing)
     decisions = [decide(n, s, routing, facts) for n, s in zip(names, shapes)]
     suspects = _stack_suspects(names, shapes, decisions, facts)
     for i in suspects:
@@ -558,7 +566,7 @@ def muon_specs(params: Any, *, routing: Routing | None = None, **keywords: Any) 
       >>> fo.muon_specs({"w": jnp.zeros((4, 8)), "b": jnp.zeros(8)})
       {'b': None, 'w': MatrixSpec(reduction_axes=(0,), output_axes=(1,))}
     """
-    _, treedef, decisions = route_tree(params, as_routing(routing, keywords))
+    _, treedef, decisions = _route_tree(params, as_routing(routing, keywords))
     return jax.tree_util.tree_unflatten(treedef, [d.spec for d in decisions])
 
 
@@ -710,7 +718,7 @@ def routing_table(
     References:
       Jordan, "Muon", 2024; Liu et al., arXiv:2502.16982 (what goes to AdamW).
     """
-    flat, _, decisions = route_tree(params, as_routing(routing, keywords))
+    flat, _, decisions = _route_tree(params, as_routing(routing, keywords))
     table = RoutingTable(
         _row(path, x, d, scale, rms) for (path, x), d in zip(flat, decisions, strict=True)
     )
