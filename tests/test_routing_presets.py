@@ -50,8 +50,17 @@ class PosModel(nnx.Module):
 
 @pytest.mark.parametrize(
     "name",
-    ["pos_emb", "pos_embed", "positional_embedding", "position_embeddings", "pos",
-     "pos_embedding", "position_embedding", "pos_encoding", "Pos_Emb"],
+    [
+        "pos_emb",
+        "pos_embed",
+        "positional_embedding",
+        "position_embeddings",
+        "pos",
+        "pos_embedding",
+        "position_embedding",
+        "pos_encoding",
+        "Pos_Emb",
+    ],
 )
 def test_position_tables_go_to_adamw(name):
     rows = _no_warnings(_rows, PosModel(name, rngs=nnx.Rngs(0)))
@@ -61,8 +70,11 @@ def test_position_tables_go_to_adamw(name):
 
 
 def test_wpe_and_position_words_that_are_not_tables():
-    p = {"wpe": jnp.zeros((8, 16)), "pos_proj": {"kernel": jnp.zeros((16, 16))},
-         "time_embed": {"kernel": jnp.zeros((16, 16))}}
+    p = {
+        "wpe": jnp.zeros((8, 16)),
+        "pos_proj": {"kernel": jnp.zeros((16, 16))},
+        "time_embed": {"kernel": jnp.zeros((16, 16))},
+    }
     rows = _rows(p)
     assert (rows["wpe"].route, rows["wpe"].why) == ("adam", "name preset: embedding name 'wpe'")
     # A projection of positions and a timestep MLP are hidden matrices, not tables.
@@ -101,8 +113,10 @@ def test_a_side_of_one_goes_to_adamw():
     assert rows["row"].route == "adam"
     assert rows["fc/kernel"].route == rows["patch/kernel"].route == "muon"
     # A user rule may still send a vector to Muon: the presets do not override rules.
-    specs = fo.muon_specs(nnx.state(ViTStub(rngs=nnx.Rngs(0)), nnx.Param),
-                          labels=lambda n, s: "muon" if n == ("gate",) else None)
+    specs = fo.muon_specs(
+        nnx.state(ViTStub(rngs=nnx.Rngs(0)), nnx.Param),
+        labels=lambda n, s: "muon" if n == ("gate",) else None,
+    )
     assert specs["gate"] == MatrixSpec((0,), (1,))
 
 
@@ -179,9 +193,17 @@ def test_out_inside_blocks_is_hidden(head):
 
 
 def test_fc_out_of_a_gptj_mlp_is_hidden_when_a_head_exists():
-    p = {"h": {"0": {"mlp": {"fc_in": {"kernel": jnp.zeros((8, 32))},
-                             "fc_out": {"kernel": jnp.zeros((32, 8))}}}},
-         "lm_head": {"kernel": jnp.zeros((8, 50))}}
+    p = {
+        "h": {
+            "0": {
+                "mlp": {
+                    "fc_in": {"kernel": jnp.zeros((8, 32))},
+                    "fc_out": {"kernel": jnp.zeros((32, 8))},
+                }
+            }
+        },
+        "lm_head": {"kernel": jnp.zeros((8, 50))},
+    }
     labels = fo.muon_labels(p)
     assert labels["h"]["0"]["mlp"]["fc_out"]["kernel"] == "muon"
     assert labels["lm_head"]["kernel"] == "adam"
@@ -258,8 +280,9 @@ def test_convolutions_and_linear_general_do_not_warn_when_recognisable():
 def test_flattening_a_stack_mis_scales_layers_and_declaring_it_fixes_it():
     """Per-layer update RMS: ≈ 0.2 each when stacked, far apart when flattened."""
     rng = np.random.default_rng(0)
-    g = jnp.asarray(rng.standard_normal((3, 16, 16)) * np.array([0.1, 1.0, 10.0])[:, None, None],
-                    jnp.float32)
+    g = jnp.asarray(
+        rng.standard_normal((3, 16, 16)) * np.array([0.1, 1.0, 10.0])[:, None, None], jnp.float32
+    )
     params, grads = {"layers": {"kernel": jnp.zeros_like(g)}}, {"layers": {"kernel": g}}
 
     def layer_rms(**kw):
@@ -279,9 +302,13 @@ def test_flattening_a_stack_mis_scales_layers_and_declaring_it_fixes_it():
 
 
 def test_why_column_of_presets_and_user_rules():
-    p = {"embed": {"embedding": jnp.zeros((10, 4))}, "wte": jnp.zeros((10, 4)),
-         "mlp": {"kernel": jnp.zeros((4, 8)), "bias": jnp.zeros(8)},
-         "temperature": jnp.zeros(()), "lm_head": {"kernel": jnp.zeros((8, 10))}}
+    p = {
+        "embed": {"embedding": jnp.zeros((10, 4))},
+        "wte": jnp.zeros((10, 4)),
+        "mlp": {"kernel": jnp.zeros((4, 8)), "bias": jnp.zeros(8)},
+        "temperature": jnp.zeros(()),
+        "lm_head": {"kernel": jnp.zeros((8, 10))},
+    }
     why = {k: r.why for k, r in _rows(p).items()}
     assert why == {
         "embed/embedding": "name preset: embedding name 'embed'",
