@@ -349,3 +349,16 @@ def test_print_shows_one_table_with_the_why_column(capsys):
     html = table._repr_html_()
     assert "<th>why</th>" in html and "no attention siblings → head" in html
     assert fo.RouteRow("a", (1,), "adam", "-", "-").why == ""  # old 5-field rows still build
+
+
+def test_four_d_query_kernel_is_orthogonalized_per_layer_by_fo_muon():
+    """The Muon stage sees the same stack the labels do (it routes each leaf on its own)."""
+    rng = np.random.default_rng(1)
+    scales = np.array([0.1, 1.0, 10.0])[:, None, None, None]
+    g = jnp.asarray(rng.standard_normal((3, 16, 2, 8)) * scales, jnp.float32)
+    params = {"attn": {"query": {"kernel": jnp.zeros_like(g)}}}
+    grads = {"attn": {"query": {"kernel": g}}}
+    tx = fo.muon(1.0, weight_decay=0.0)
+    updates, _ = _no_warnings(tx.update, grads, tx.init(params), params)
+    rms = np.sqrt(np.mean(np.square(updates["attn"]["query"]["kernel"]), axis=(1, 2, 3)))
+    np.testing.assert_allclose(rms, 0.2, rtol=0.1)
