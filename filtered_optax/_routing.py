@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+import types
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -24,22 +26,45 @@ from filtered_optax._orthogonal import MOONSHOT_RMS, update_scale
 from filtered_optax._paths import path_names, path_text
 from filtered_optax._types import MatrixSpec, PathNames, RouteFn, Shape
 
-# Leaf or module names of input embeddings (nnx.Embed / linen Embed store "embedding").
+# Leaf or module names of input embeddings (nnx.Embed / linen Embed store "embedding"),
+# matched exactly on any path component. Position tables are matched by their words as well
+# (see ``POSITION_WORDS``), so this list need not spell every variant.
 EMBED_NAMES: tuple[str, ...] = (
     "embedding",
     "embeddings",
     "embed",
     "embed_tokens",
     "tok_embeddings",
+    "tok_emb",
     "token_embedding",
+    "token_embeddings",
+    "word_embeddings",
     "wte",
     "wpe",
+    "pos",
     "pos_embedding",
     "position_embedding",
 )
-# Names of a model's final projection to the vocabulary / classes. Matched exactly (plus any
-# component ending in "_head"); the bare "out" is NOT a head: nnx.MultiHeadAttention calls
-# its own output projection "out", and that is a hidden matrix.
+# A path component is a position table when, split on "_", its first word is one of these and
+# every other word one of ``TABLE_WORDS``: pos, pos_emb, pos_embed, pos_embedding(s),
+# position_embeddings, positional_embedding, pos_encoding, position_table, ...
+POSITION_WORDS: tuple[str, ...] = ("pos", "position", "positional")
+TABLE_WORDS: tuple[str, ...] = (
+    "emb",
+    "embed",
+    "embeds",
+    "embedding",
+    "embeddings",
+    "enc",
+    "encoding",
+    "encodings",
+    "table",
+)
+# Names of a model's final projection to the vocabulary / classes. A path component is a
+# head when it equals one of them or when its first or last "_"-separated word does
+# (lm_head, cls_head, head_proj, to_logits, logits_proj, classifier_dense, ...). The bare
+# "out" is NOT on the list: nnx.MultiHeadAttention calls its own output projection "out",
+# a hidden matrix; ``OUT_NAMES`` are decided on the whole tree instead.
 HEAD_NAMES: tuple[str, ...] = (
     "head",
     "lm_head",
@@ -50,6 +75,10 @@ HEAD_NAMES: tuple[str, ...] = (
     "logits",
     "readout",
 )
+# Output-layer names that are the head only when nothing else is: a component named so whose
+# siblings (same parent) include no attention projection (``ATTENTION_NAMES``), in a tree
+# with no ``HEAD_NAMES`` component, and the only such component at its depth.
+OUT_NAMES: tuple[str, ...] = ("out", "fc_out")
 # Leaf names of biases and norm gains/offsets (nnx.LayerNorm / RMSNorm: "scale", "bias").
 NON_MATRIX_LEAVES: tuple[str, ...] = ("bias", "scale", "gamma", "beta")
 # Attention input projections whose kernel is (in, heads, head_dim): one matrix
@@ -59,6 +88,21 @@ QKV_NAMES: tuple[str, ...] = ("query", "key", "value", "q", "k", "v", "q_proj", 
 # per head when `per_head=True` (by default the generic "last axis = output" rule already
 # gives the matrix heads·head_dim × out).
 ATTENTION_OUT_NAMES: tuple[str, ...] = ("out", "o_proj", "out_proj")
+# Siblings that make an `out` an attention output projection rather than the head: the
+# separate and the fused input projections of common attention layouts.
+ATTENTION_NAMES: tuple[str, ...] = (
+    *QKV_NAMES,
+    "qkv",
+    "kv",
+    "wq",
+    "wk",
+    "wv",
+    "wqkv",
+    "qkv_proj",
+    "in_proj",
+    "c_attn",
+    "query_key_value",
+)
 
 
 class Routing(NamedTuple):
@@ -68,10 +112,13 @@ class Routing(NamedTuple):
       labels: optional user rule ``(path_names, shape) -> "muon" | "adam" | MatrixSpec |
         None``; it overrides the presets, None defers to them for that parameter.
       stacked: path component names carrying a leading stack axis (nnx.scan / nnx.vmap
-        layers, experts); such parameters are stacks of matrices. Never inferred.
+        layers, experts); such parameters are stacks of matrices. Not inferred from names,
+        except for 4-D query/key/value kernels; kernels that look stacked raise a warning.
       per_head: orthogonalize attention projections per head.
-      head_names: exact (lower-case) component names of output heads.
-      embed_names: exact (lower-case) component names of embeddings.
+      head_names: (lower-case) names of output heads: a path component is a head when it
+        equals one, or when its first or last ``_``-separated word does.
+      embed_names: exact (lower-case) component names of embeddings; position tables are
+        also matched by their words (``POSITION_WORDS`` + ``TABLE_WORDS``).
 
     Example:
       >>> import filtered_optax as fo
@@ -115,6 +162,22 @@ def _stack_depth(names: PathNames, stacked: Sequence[str]) -> int:
     return sum(1 for n in names[:-1] if n in stacked)
 
 
+def _core_spec(names: PathNames, shape: Shape, n_stack: int, per_head: bool) -> MatrixSpec | None:
+    """:func:`matrix_spec` with ``n_stack`` leading stack axes."""
+    core = len(shape) - n_stack
+    if core < 2:
+        return None
+    axes = tuple(range(n_stack, len(shape)))
+    parent = names[-2].lower() if len(names) >= 2 else ""
+    if core == 3 and parent in QKV_NAMES:
+        if per_head:
+            return MatrixSpec((axes[0],), (axes[2],))
+        return MatrixSpec((axes[0],), (axes[1], axes[2]))
+    if core == 3 and per_head and parent in ATTENTION_OUT_NAMES:
+        return MatrixSpec((axes[1],), (axes[2],))
+    return MatrixSpec(axes[:-1], (axes[-1],))
+
+
 def matrix_spec(
     names: PathNames,
     shape: Shape,
@@ -140,8 +203,8 @@ def matrix_spec(
       names: path components (see :func:`filtered_optax.path_names`).
       shape: the parameter's shape.
       stacked: path component names whose parameters carry a leading stack axis
-        (``nnx.scan`` / ``nnx.vmap`` layers, experts). Never inferred: a leading axis is a
-        stack only when declared.
+        (``nnx.scan`` / ``nnx.vmap`` layers, experts). Never inferred here: a leading axis
+        is a stack only when declared.
       per_head: orthogonalize attention projections per head.
 
     Returns:
@@ -155,50 +218,146 @@ def matrix_spec(
     References:
       Jordan, "Muon", 2024 (conv kernels flattened to ``out × (in·window)``).
     """
-    n_stack = _stack_depth(names, stacked)
-    core = len(shape) - n_stack
-    if core < 2:
-        return None
-    axes = tuple(range(n_stack, len(shape)))
-    parent = names[-2] if len(names) >= 2 else ""
+    return _core_spec(names, shape, _stack_depth(names, stacked), per_head)
+
+
+# --------------------------------------------------------------------------------------------
+# Name presets, with the reason of every decision
+
+
+class Decision(NamedTuple):
+    """The route of one parameter and why: ``spec`` (Muon) or None (AdamW); ``preset``
+    is False when a user rule decided."""
+
+    spec: MatrixSpec | None
+    why: str
+    preset: bool = True
+
+
+class TreeFacts(NamedTuple):
+    """What the presets read off the whole params tree (names lower-cased).
+
+    ``children``: the names below each path prefix; ``shapes``: each leaf's shape;
+    ``out_heads``: path prefixes ending in an ``OUT_NAMES`` component that is the head.
+    """
+
+    children: Mapping[PathNames, frozenset] = types.MappingProxyType({})
+    shapes: Mapping[PathNames, Shape] = types.MappingProxyType({})
+    out_heads: frozenset = frozenset()
+
+
+_NO_FACTS = TreeFacts()  # a parameter on its own: no tree-level presets
+
+
+def _is_position_name(name: str) -> bool:
+    """A position table's name: first ``_``-word pos / position / positional, every other
+    word an embedding-table word (``pos``, ``pos_emb``, ``positional_embedding``, ...)."""
+    first, *rest = name.lower().split("_")
+    return first in POSITION_WORDS and all(w in TABLE_WORDS for w in rest)
+
+
+def _is_head_name(name: str, head_names: Sequence[str]) -> bool:
+    """``name`` is in ``head_names``, or its first or last ``_``-word is (``lm_head``,
+    ``to_logits``, ``logits_proj``; not ``multi_head_attention``)."""
+    words = name.lower().split("_")
+    return name.lower() in head_names or words[0] in head_names or words[-1] in head_names
+
+
+def _named_adam(lowered: PathNames, routing: Routing, facts: TreeFacts) -> str:
+    """Why the names alone send a leaf to AdamW, or "" when they do not."""
+    if lowered and lowered[-1] in NON_MATRIX_LEAVES:
+        return "name preset: bias/norm leaf"
+    for n in lowered:
+        if _is_position_name(n):
+            return f"name preset: position table name {n!r}"
+        if n in routing.embed_names:
+            return f"name preset: embedding name {n!r}"
+    for n in lowered:
+        if _is_head_name(n, routing.head_names):
+            return f"name preset: head name {n!r}"
+    for i, n in enumerate(lowered):
+        if lowered[: i + 1] in facts.out_heads:
+            return f"name preset: {n!r} with no attention siblings → head"
+    return ""
+
+
+def _implicit_stack(lowered: PathNames, core: int) -> int:
+    """1 for a 4-D query/key/value kernel (only meaningful as a stack of (in, heads,
+    head_dim) kernels), else 0."""
+    parent = lowered[-2] if len(lowered) >= 2 else ""
+    return int(core == 4 and lowered[-1] == "kernel" and parent in QKV_NAMES)
+
+
+def _layout(lowered: PathNames, core: int, per_head: bool) -> str:
+    """How the presets read a kernel of rank ``core`` (stack axes removed)."""
+    parent = lowered[-2] if len(lowered) >= 2 else ""
+    if core == 2:
+        return "(in, out)"
     if core == 3 and parent in QKV_NAMES:
-        if per_head:
-            return MatrixSpec((axes[0],), (axes[2],))
-        return MatrixSpec((axes[0],), (axes[1], axes[2]))
+        return "(in, heads, head_dim)" + (" per head" if per_head else "")
     if core == 3 and per_head and parent in ATTENTION_OUT_NAMES:
-        return MatrixSpec((axes[1],), (axes[2],))
-    return MatrixSpec(axes[:-1], (axes[-1],))
+        return "(heads, head_dim, out) per head"
+    return "(*in, out)"
+
+
+def _sides(spec: MatrixSpec, shape: Shape) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of one matrix of ``spec``."""
+    fan_in = math.prod(shape[a] for a in spec.reduction_axes)
+    return fan_in, math.prod(shape[a] for a in spec.output_axes)
+
+
+def preset_decision(
+    names: PathNames, shape: Shape, routing: Routing, facts: TreeFacts = _NO_FACTS
+) -> Decision:
+    """The name presets' route of one leaf, and why.
+
+    AdamW: biases and norm gains (leaf bias / scale / gamma / beta); embeddings and position
+    tables (``embed_names``; position words, see ``POSITION_WORDS``); heads (``head_names``
+    matched on the first or last ``_``-word, and the ``out`` heads found on the tree,
+    ``facts.out_heads``); rank < 2 after stack axes; any matrix view with a side of 1
+    (``min(fan_in, fan_out) = 1``: a ``(1, 1, d)`` class token; orthogonalizing a vector
+    only normalizes it). Muon: the rest, viewed by :func:`matrix_spec`; a 4-D
+    query/key/value kernel is a stack of ``(in, heads, head_dim)`` kernels.
+    ``routing`` must be normalized (:meth:`Routing.normalized`).
+
+    References:
+      Jordan, "Muon", 2024 (hidden matrices only); Liu et al., arXiv:2502.16982.
+    """
+    lowered = tuple(n.lower() for n in names)
+    named = _named_adam(lowered, routing, facts)
+    if named:
+        return Decision(None, named)
+    n_stack = _stack_depth(names, routing.stacked)
+    implicit = _implicit_stack(lowered, len(shape) - n_stack)
+    spec = _core_spec(names, shape, n_stack + implicit, routing.per_head)
+    if spec is None:
+        return Decision(None, "rank < 2" + (" after stack axes" if n_stack else ""))
+    fan_in, fan_out = _sides(spec, shape)
+    if fan_in == 1 or fan_out == 1:
+        return Decision(None, f"name preset: matrix {fan_in} × {fan_out} has a side of 1")
+    core = len(shape) - n_stack - implicit
+    why = "name preset: matrix " + _layout(lowered, core, routing.per_head)
+    why += "".join(
+        f"; stacked {n!r} → stack axis {k}"
+        for k, n in enumerate(n for n in names[:-1] if n in routing.stacked)
+    )
+    if implicit:
+        why += f"; 4-D {lowered[-2]!r} kernel → stack axis {n_stack}"
+    return Decision(spec, why)
 
 
 def default_route(names: PathNames, shape: Shape, routing: Routing) -> MatrixSpec | None:
-    """Preset routing: a :class:`MatrixSpec` for hidden matrices, None for AdamW params.
-
-    AdamW gets: embeddings (any path component in ``embed_names``), the output head (any
-    component in ``head_names`` or ending in ``_head``), biases and norm gains (leaf named
-    bias / scale / gamma / beta), and everything of matrix rank < 2. The rest is Muon.
-    ``routing`` must be normalized (:meth:`Routing.normalized`).
-    """
-    leaf = names[-1] if names else ""
-    lowered = [n.lower() for n in names]
-    if leaf in NON_MATRIX_LEAVES:
-        return None
-    if any(n in routing.embed_names for n in lowered):
-        return None
-    if any(n in routing.head_names or n.endswith("_head") for n in lowered):
-        return None
-    return matrix_spec(names, shape, stacked=routing.stacked, per_head=routing.per_head)
+    """Preset routing of one leaf on its own: :func:`preset_decision`'s spec."""
+    return preset_decision(names, shape, routing).spec
 
 
-def resolve(names: PathNames, shape: Shape, routing: Routing) -> MatrixSpec | None:
-    """User rule first (``routing.labels``), presets for what it leaves undecided (None)."""
-    decision = routing.labels(names, shape) if routing.labels is not None else None
-    if isinstance(decision, MatrixSpec):
-        return decision
-    if decision is None:
-        return default_route(names, shape, routing)
-    if decision == "adam":
+def _rule_spec(names: PathNames, shape: Shape, routing: Routing, answer: Any) -> MatrixSpec | None:
+    """The spec a user rule's (non-None) answer stands for."""
+    if isinstance(answer, MatrixSpec):
+        return answer
+    if answer == "adam":
         return None
-    if decision == "muon":
+    if answer == "muon":
         spec = matrix_spec(names, shape, stacked=routing.stacked, per_head=routing.per_head)
         if spec is None:
             raise ValueError(
@@ -207,9 +366,161 @@ def resolve(names: PathNames, shape: Shape, routing: Routing) -> MatrixSpec | No
             )
         return spec
     raise ValueError(
-        f"labels must return 'muon', 'adam', a MatrixSpec or None; got {decision!r} for "
+        f"labels must return 'muon', 'adam', a MatrixSpec or None; got {answer!r} for "
         f"{'/'.join(names)}."
     )
+
+
+def _rule_reason(rule: Any, names: PathNames) -> str | None:
+    """``rule.reason(names)`` when the rule explains itself (``fo.trace_routing``)."""
+    reason = getattr(rule, "reason", None)
+    return str(reason(tuple(names))) if callable(reason) else None
+
+
+def decide(
+    names: PathNames, shape: Shape, routing: Routing, facts: TreeFacts = _NO_FACTS
+) -> Decision:
+    """User rule first (``routing.labels``), presets for what it leaves undecided (None).
+
+    The reason is the rule's own (``rule.reason(names)``, as traced routing gives) or
+    ``"user rule"``; for a leaf the rule defers, the preset's reason (with the rule's
+    note in parentheses when it has one). ``facts`` (from the whole params tree) enable the
+    tree-level presets; without them the leaf is judged on its own.
+
+    References:
+      Jordan, "Muon", 2024; Liu et al., arXiv:2502.16982 (what goes to AdamW).
+    """
+    rule = routing.labels
+    answer = rule(names, shape) if rule is not None else None
+    note = _rule_reason(rule, names) if rule is not None else None
+    if answer is None:
+        preset = preset_decision(names, shape, routing, facts)
+        return preset if note is None else preset._replace(why=f"{preset.why} (rule: {note})")
+    return Decision(_rule_spec(names, shape, routing, answer), note or "user rule", False)
+
+
+def resolve(names: PathNames, shape: Shape, routing: Routing) -> MatrixSpec | None:
+    """The spec of one leaf on its own (:func:`decide` without tree-level facts)."""
+    return decide(names, shape, routing).spec
+
+
+# --------------------------------------------------------------------------------------------
+# Tree-level presets
+
+
+def _out_heads(
+    lowered: Sequence[PathNames], children: Mapping[PathNames, frozenset], routing: Routing
+) -> frozenset:
+    """Prefixes ending in an ``OUT_NAMES`` component that is the model's head.
+
+    Candidates: such components with no attention projection among their siblings. None is
+    a head when another component is named as a head; else the shallowest candidate is,
+    when it is the only one at its depth (one ``out`` per block of a list is not a head).
+    """
+    if any(_is_head_name(n, routing.head_names) for names in lowered for n in names):
+        return frozenset()
+    candidates = {
+        names[: i + 1]
+        for names in lowered
+        for i, n in enumerate(names)
+        if n in OUT_NAMES and not children[names[:i]] & set(ATTENTION_NAMES)
+    }
+    if not candidates:
+        return frozenset()
+    depth = min(len(c) for c in candidates)
+    shallowest = [c for c in candidates if len(c) == depth]
+    return frozenset(shallowest) if len(shallowest) == 1 else frozenset()
+
+
+def _tree_facts(leaves: Sequence[tuple[PathNames, Shape]], routing: Routing) -> TreeFacts:
+    """The :class:`TreeFacts` of a params tree given as ``(names, shape)`` per leaf."""
+    lowered = [tuple(n.lower() for n in names) for names, _ in leaves]
+    children: dict[PathNames, set] = {}
+    for names in lowered:
+        for i, n in enumerate(names):
+            children.setdefault(names[:i], set()).add(n)
+    frozen = {k: frozenset(v) for k, v in children.items()}
+    shapes = {names: shape for names, (_, shape) in zip(lowered, leaves)}
+    return TreeFacts(
+        types.MappingProxyType(frozen),
+        types.MappingProxyType(shapes),
+        _out_heads(lowered, frozen, routing),
+    )
+
+
+def _looks_stacked(names: PathNames, shape: Shape, facts: TreeFacts) -> bool:
+    """A kernel routed as one matrix whose rank only makes sense as a stack of layers.
+
+    3-D ``kernel`` under a module that is not attention and not a convolution ("conv" in its
+    name, or a 1-D bias of the kernel's fan-out beside it): ``nnx.Linear`` kernels are 2-D.
+    4-D attention output kernel beside query/key/value: nnx.MultiHeadAttention's is 3-D.
+    """
+    lowered = tuple(n.lower() for n in names)
+    if len(lowered) < 2 or lowered[-1] != "kernel":
+        return False
+    parent, module = lowered[-2], lowered[:-1]
+    if len(shape) == 4 and parent in ATTENTION_OUT_NAMES:
+        return bool(facts.children.get(module[:-1], frozenset()) & set(ATTENTION_NAMES))
+    if len(shape) != 3 or parent in QKV_NAMES or parent in ATTENTION_OUT_NAMES:
+        return False
+    conv_bias = facts.shapes.get((*module, "bias")) == (shape[-1],)
+    return "conv" not in parent and not conv_bias
+
+
+def _stack_suspects(
+    names: Sequence[PathNames],
+    shapes: Sequence[Shape],
+    decisions: Sequence[Decision],
+    facts: TreeFacts,
+) -> list[int]:
+    """Indices of preset-routed, unstacked matrices whose kernel looks stacked."""
+    return [
+        i
+        for i, (n, s, d) in enumerate(zip(names, shapes, decisions))
+        if d.preset
+        and d.spec is not None
+        and len(d.spec.reduction_axes) + len(d.spec.output_axes) == len(s)
+        and _looks_stacked(n, s, facts)
+    ]
+
+
+def _stack_warning(suspects: Sequence[tuple[PathNames, Shape, MatrixSpec]]) -> str:
+    """The warning naming the kernels that look stacked, and the fix."""
+    listed = ", ".join(
+        f"{'/'.join(n)} {s} → one {' × '.join(map(str, _sides(spec, s)))} matrix"
+        for n, s, spec in suspects
+    )
+    stacks = sorted({n[-3] if len(n) >= 3 else n[0] for n, _, _ in suspects})
+    return (
+        f"Muon routing: {len(suspects)} kernel(s) look like layers stacked by nnx.vmap / "
+        f"nnx.scan, but no stack axis is declared, so each is flattened into one matrix: "
+        f"{listed}. If they are stacks, pass stacked={tuple(stacks)!r} (the name of the "
+        "stacked module) or route with labels=fo.trace_routing(model, x), which finds "
+        "stack axes itself; if one is a 1-D convolution, give it a labels= rule (or a "
+        "module name containing 'conv')."
+    )
+
+
+def _route_tree(params: Any, routing: Routing) -> tuple[list, Any, list[Decision]]:
+    """``(flat (path, leaf) pairs, treedef, decisions)`` of a params tree, with the
+    tree-level presets; warns (``UserWarning``) about kernels that look stacked."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [path_names(p) for p, _ in flat]
+    shapes = [tuple(x.shape) for _, x in flat]
+    facts = _tree_facts(list(zip(names, shapes)), routing)
+    decisions = [decide(n, s, routing, facts) for n, s in zip(names, shapes)]
+    suspects = _stack_suspects(names, shapes, decisions, facts)
+    for i in suspects:
+        why = decisions[i].why + "; looks stacked: declare stacked= (warned)"
+        decisions[i] = decisions[i]._replace(why=why)
+    if suspects:
+        warning = _stack_warning([(names[i], shapes[i], decisions[i].spec) for i in suspects])
+        warnings.warn(warning, UserWarning, stacklevel=3)
+    return flat, treedef, decisions
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
 
 
 def stage_specs(
@@ -255,10 +566,8 @@ def muon_specs(params: Any, *, routing: Routing | None = None, **keywords: Any) 
       >>> fo.muon_specs({"w": jnp.zeros((4, 8)), "b": jnp.zeros(8)})
       {'b': None, 'w': MatrixSpec(reduction_axes=(0,), output_axes=(1,))}
     """
-    routing = as_routing(routing, keywords)
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: resolve(path_names(p), tuple(x.shape), routing), params
-    )
+    _, treedef, decisions = _route_tree(params, as_routing(routing, keywords))
+    return jax.tree_util.tree_unflatten(treedef, [d.spec for d in decisions])
 
 
 def _is_spec(s: Any) -> bool:
@@ -268,14 +577,23 @@ def _is_spec(s: Any) -> bool:
 def muon_labels(params: Any, *, routing: Routing | None = None, **keywords: Any) -> Any:
     """Labels every parameter ``"muon"`` or ``"adam"`` from its path and shape.
 
-    Muon gets hidden weight matrices; AdamW gets input embeddings, the output head, biases,
-    norm gains and everything of rank < 2 (README, "What to route where"; Moonshot
-    arXiv:2502.16982). Flax NNX layouts are understood: ``nnx.Embed`` ("embedding") → adam;
-    ``nnx.Linear`` (in, out) and ``nnx.Conv`` (*window, in, out) → one matrix;
-    ``nnx.MultiHeadAttention`` query/key/value (in, heads, head_dim) and out (heads,
-    head_dim, out) → one matrix each; the attention module's own ``out`` is a hidden
-    matrix, only names like head / lm_head / unembed / classifier (see ``HEAD_NAMES``) are
-    the head.
+    Muon gets hidden weight matrices; AdamW gets input embeddings and position tables, the
+    output head, biases, norm gains, everything of rank < 2 and every matrix with a side of
+    1 (README, "What to route where"; Moonshot arXiv:2502.16982). Flax NNX layouts are
+    understood: ``nnx.Embed`` ("embedding") → adam; ``nnx.Linear`` (in, out) and
+    ``nnx.Conv`` (*window, in, out) → one matrix; ``nnx.MultiHeadAttention``
+    query/key/value (in, heads, head_dim) and out (heads, head_dim, out) → one matrix each.
+
+    Names are matched per path component, split on ``_``: position tables are ``pos`` or
+    pos / position / positional followed by emb / embed / embedding(s) / encoding / table
+    words (``pos_emb``, ``positional_embedding``, ...); heads are ``head_names`` or names
+    whose first or last word is one (``lm_head``, ``to_logits``, ``logits_proj``). The
+    attention module's own ``out`` is a hidden matrix; an ``out`` / ``fc_out`` with no
+    query/key/value sibling is the head when the tree has no other head (the shallowest,
+    if unique). A 4-D query/key/value kernel is a stack; other kernels that only make sense
+    stacked (a 3-D ``kernel`` outside attention and convolutions: ``nnx.Linear`` layers
+    made by ``nnx.vmap`` / ``nnx.scan``) raise a ``UserWarning`` naming them and the fix
+    (``stacked=`` or ``labels=fo.trace_routing(model, x)``).
 
     Args:
       params: a pytree of arrays (or nnx.Variables, or ShapeDtypeStructs).
@@ -294,22 +612,26 @@ def muon_labels(params: Any, *, routing: Routing | None = None, **keywords: Any)
       >>> muon_labels(p)
       {'embed': {'embedding': 'adam'}, 'head': {'kernel': 'adam'}, \
 'mlp': {'bias': 'adam', 'kernel': 'muon'}}
+
+    References:
+      Jordan, "Muon", 2024 (hidden layers only); Liu et al., arXiv:2502.16982.
     """
     specs = muon_specs(params, routing=routing, **keywords)
     return jax.tree.map(lambda s: "adam" if s is None else "muon", specs, is_leaf=_is_spec)
 
 
 class RouteRow(NamedTuple):
-    """One row of :func:`routing_table`."""
+    """One row of :func:`routing_table` (``why``: the reason of the route)."""
 
     path: str
     shape: Shape
     route: str
     matrix: str
     scale: str
+    why: str = ""
 
 
-_HEADERS = RouteRow("path", "shape", "route", "matrix", "scale")  # type: ignore[arg-type]
+_HEADERS = RouteRow("path", "shape", "route", "matrix", "scale", "why")  # type: ignore[arg-type]
 
 
 class RoutingTable(tuple):
@@ -342,16 +664,16 @@ def scale_text(fan_in: int, fan_out: int, scale: Any, rms: float) -> str:
     return f"rms→{rms:g}" if factor is None else f"{factor:.4g}"
 
 
-def _row(path: Sequence[Any], x: Any, spec: MatrixSpec | None, scale: Any, rms: float) -> RouteRow:
-    shape = tuple(x.shape)
+def _row(path: Sequence[Any], x: Any, decision: Decision, scale: Any, rms: float) -> RouteRow:
+    shape, spec = tuple(x.shape), decision.spec
     if spec is None:
-        return RouteRow(path_text(path), shape, "adam", "-", "-")
+        return RouteRow(path_text(path), shape, "adam", "-", "-", decision.why)
     used = set(spec.reduction_axes) | set(spec.output_axes)
-    fan_in = math.prod(shape[a] for a in spec.reduction_axes)
-    fan_out = math.prod(shape[a] for a in spec.output_axes)
+    fan_in, fan_out = _sides(spec, shape)
     batch = [shape[a] for a in range(len(shape)) if a not in used]
     matrix = " × ".join(str(d) for d in [*batch, fan_in, fan_out])
-    return RouteRow(path_text(path), shape, "muon", matrix, scale_text(fan_in, fan_out, scale, rms))
+    factor = scale_text(fan_in, fan_out, scale, rms)
+    return RouteRow(path_text(path), shape, "muon", matrix, factor, decision.why)
 
 
 def routing_table(
@@ -363,7 +685,14 @@ def routing_table(
     print_table: bool = False,
     **keywords: Any,
 ) -> RoutingTable:
-    """Where each parameter goes: path, shape, route, matrix view and update scale.
+    """Where each parameter goes and why: path, shape, route, matrix view, update scale.
+
+    The ``why`` column is the rule's own reason when the ``labels`` rule has a ``reason``
+    method (:func:`filtered_optax.trace_routing`: ``dot: reduce (0,) out (1, 2)``,
+    ``gather → embedding``, ``last projection → head``, ``…; scan → stack axis 0``), else
+    ``user rule`` for a leaf the rule decided, else which preset decided (``name preset:
+    embedding name 'wte'``, ``name preset: head name 'lm_head'``, ``name preset: bias/norm
+    leaf``, ``rank < 2``, ``name preset: matrix (in, out)``, …).
 
     Args:
       params: a pytree of arrays (or nnx.Variables / ShapeDtypeStructs).
@@ -380,17 +709,18 @@ def routing_table(
     Example:
       >>> import jax.numpy as jnp
       >>> rows = routing_table({"w": jnp.zeros((4, 8))})
-      >>> rows[0].route, rows[0].matrix
-      ('muon', '4 × 8')
+      >>> rows[0].route, rows[0].matrix, rows[0].why
+      ('muon', '4 × 8', 'name preset: matrix (in, out)')
       >>> print(rows)
-      path  shape   route  matrix  scale
-      w     (4, 8)  muon   4 × 8   0.5657
+      path  shape   route  matrix  scale   why
+      w     (4, 8)  muon   4 × 8   0.5657  name preset: matrix (in, out)
+
+    References:
+      Jordan, "Muon", 2024; Liu et al., arXiv:2502.16982 (what goes to AdamW).
     """
-    specs = muon_specs(params, routing=routing, **keywords)
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    spec_leaves = jax.tree.leaves(specs, is_leaf=_is_spec)
+    flat, _, decisions = _route_tree(params, as_routing(routing, keywords))
     table = RoutingTable(
-        _row(path, x, spec, scale, rms) for (path, x), spec in zip(flat, spec_leaves, strict=True)
+        _row(path, x, d, scale, rms) for (path, x), d in zip(flat, decisions, strict=True)
     )
     if print_table:
         print(table)

@@ -616,7 +616,8 @@ class TracedRouting:
         return decision.route
 
     def reason(self, names: Sequence[str]) -> str:
-        """Why the leaf at ``names`` got its route (e.g. ``"scan → stack axis 0"``)."""
+        """Why the leaf at ``names`` got its route (e.g. ``"scan → stack axis 0"``); the
+        ``why`` column of ``fo.routing_table(params, labels=rule)``."""
         decision = self.decisions.get(tuple(names))
         if decision is None:
             return "not among the traced parameters → name preset"

@@ -8,6 +8,9 @@ import pytest
 
 import filtered_optax as fo
 
+# PARAMS' "layers" stack is declared in some calls only; the undeclared calls warn.
+pytestmark = pytest.mark.filterwarnings("ignore:Muon routing")
+
 S = jax.ShapeDtypeStruct
 PARAMS = {
     "embed": {"embedding": S((10, 4), jnp.float32)},
@@ -21,7 +24,7 @@ def test_routing_table_prints_nothing_and_str_is_one_table(capsys):
     assert capsys.readouterr().out == ""
     text = str(table)
     lines = text.splitlines()
-    assert lines[0].split() == ["path", "shape", "route", "matrix", "scale"]
+    assert lines[0].split() == ["path", "shape", "route", "matrix", "scale", "why"]
     assert len(lines) == 1 + len(jax.tree.leaves(PARAMS))
     assert "[" not in text and "RouteRow" not in text  # a table, not a list repr
     print(table)

@@ -7,6 +7,8 @@ leaf; the traced rule must match all of them. Each case also prints where the na
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,8 @@ from flax import nnx
 from jax import lax
 
 import filtered_optax as fo
+import filtered_optax._trace as trace_module
+from benchmarks.models import CharLM
 from filtered_optax import MatrixSpec
 
 IN_OUT = MatrixSpec((0,), (1,))  # nnx.Linear (in, out)
@@ -346,10 +350,11 @@ def _leaves(params):
 
 def _preset_differences(params, rule):
     """Lines where the name presets (no labels) and the traced rule disagree."""
-    presets = jax.tree.leaves(
-        fo.muon_specs(params), is_leaf=lambda s: s is None or isinstance(s, MatrixSpec)
-    )
-    lines = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        specs = fo.muon_specs(params)
+    presets = jax.tree.leaves(specs, is_leaf=lambda s: s is None or isinstance(s, MatrixSpec))
+    lines = [f"  presets warn: {w.message}" for w in caught]
     for (names, shape), preset in zip(_leaves(params).items(), presets, strict=True):
         traced = rule(names, shape)
         traced = None if traced == "adam" else traced
@@ -582,3 +587,106 @@ def test_tracing_a_loss_routes_like_tracing_the_forward():
     forward = fo.trace_routing(fn, params, tokens)
     through_loss = fo.trace_routing(loss, params, tokens, tokens)
     assert dict(through_loss.decisions) == dict(forward.decisions)
+
+
+# --------------------------------------------------------------------------------------------
+# The routing table's "why" column, cost, and the benchmark LM
+
+
+def test_routing_table_why_column_reads_the_traced_reasons():
+    for case in (einsum_attention, scanned_blocks, tied_transformer):
+        rule, params, expected = _build(case)
+        rows = {r.path: r for r in fo.routing_table(params, labels=rule)}
+        assert {p: r.why for p, r in rows.items()} == {p: e[1] for p, e in expected.items()}
+    rows = {r.path: r for r in fo.routing_table(_build(scanned_blocks)[1],
+                                                labels=_build(scanned_blocks)[0])}
+    assert rows["blocks/lin/kernel"].why == "dot: reduce (1,) out (2,); scan → stack axis 0"
+    assert rows["blocks/lin/kernel"].matrix == "3 × 16 × 16"
+    # A leaf the trace never reached: the preset decides and says so, with the rule's note.
+    params = {"w": jnp.zeros((4, 8)), "spare": jnp.zeros((8, 8))}
+    rule = fo.trace_routing(_matmul, params, jnp.zeros((2, 4)))
+    rows = {r.path: r for r in fo.routing_table(params, labels=rule)}
+    assert rows["w"].why == "last projection → head"
+    assert rows["spare"].why == "name preset: matrix (in, out) (rule: not reached → name preset)"
+
+
+class BigLM(nnx.Module):
+    """Far larger than this machine's memory: 2 × 16 GiB of matrices, 8 GiB activations."""
+
+    def __init__(self, vocab: int, d: int, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab, d, rngs=rngs)
+        self.fc1 = nnx.Linear(d, 4 * d, rngs=rngs)
+        self.fc2 = nnx.Linear(4 * d, d, rngs=rngs)
+        self.head = nnx.Linear(d, vocab, rngs=rngs)
+
+    def __call__(self, tokens):
+        x = self.embed(tokens)
+        return self.head(x + self.fc2(nnx.gelu(self.fc1(x))))
+
+
+def test_tracing_an_abstract_model_compiles_and_runs_nothing():
+    d = 1 << 15  # fc1: 32768 × 131072 float32 = 16 GiB; activations (8, 2048, 131072) 8 GiB
+    model = nnx.eval_shape(lambda: BigLM(256, d, rngs=nnx.Rngs(0)))
+    tokens = jax.ShapeDtypeStruct((8, 2048), jnp.int32)
+    events = []
+
+    def listen(event, *args, **kwargs):
+        events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        rule = fo.trace_routing(model, tokens)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert not [e for e in events if "backend_compile" in e], events  # nothing compiled
+    assert rule(("fc1", "kernel"), (d, 4 * d)) == IN_OUT
+    assert rule(("head", "kernel"), (d, 256)) == "adam"
+
+
+def test_traced_rule_is_built_once_outside_the_step(monkeypatch):
+    """The rule is traced once, before the optimizer exists; the jitted step only looks
+    routes up while it is being compiled, never again per step."""
+    analyses = []
+    analyse = trace_module._analyse
+    monkeypatch.setattr(trace_module, "_analyse",
+                        lambda *a: analyses.append(1) or analyse(*a))
+    model = TiedTransformer(rngs=nnx.Rngs(0))
+    x = jnp.zeros((4, 8), jnp.int32)
+    rule = fo.trace_routing(model, x)
+    lookups = []
+
+    def counted(names, shape):
+        lookups.append(names)
+        return rule(names, shape)
+
+    optimizer = nnx.Optimizer(model, fo.muon(0.02, labels=counted), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x):
+        grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+        optimizer.update(model, grads)
+
+    step(model, optimizer, x)  # compiles: routes are looked up while tracing
+    compiled = len(lookups)
+    for _ in range(3):
+        step(model, optimizer, x)
+    assert len(analyses) == 1  # one trace of the forward pass, outside the step
+    assert compiled > 0 and len(lookups) == compiled  # no routing work in later steps
+
+
+def test_benchmark_char_lm_pos_goes_to_adamw_traced_and_by_presets():
+    model = CharLM(65, 32, 2, 4, 16, nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    rule = fo.trace_routing(model, jnp.zeros((2, 16), jnp.int32))
+    traced = fo.routing_table(params, labels=rule)
+    presets = fo.routing_table(params)
+    print("\nCharLM, traced routing:", traced, "CharLM, name presets:", presets, sep="\n")
+    t, p = {r.path: r for r in traced}, {r.path: r for r in presets}
+    assert (t["pos"].route, t["pos"].why) == ("adam", "elementwise only")
+    assert (p["pos"].route, p["pos"].why) == ("adam", "name preset: position table name 'pos'")
+    assert t["head/kernel"].why == "last projection → head"
+    assert t["blocks/0/qkv/kernel"].matrix == "32 × 96"
+    # On this model the presets now agree with the trace on every leaf.
+    assert [(r.path, r.route, r.matrix) for r in traced] == [
+        (r.path, r.route, r.matrix) for r in presets
+    ]
