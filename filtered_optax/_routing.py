@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+from flax import nnx
 
 from filtered_optax._orthogonal import MOONSHOT_RMS, update_scale
 from filtered_optax._paths import path_names, path_text
@@ -676,6 +677,24 @@ def _row(path: Sequence[Any], x: Any, decision: Decision, scale: Any, rms: float
     return RouteRow(path_text(path), shape, "muon", matrix, factor, decision.why)
 
 
+def _non_parameters(params: Any) -> dict[str, str]:
+    """Path → variable type of the leaves that are nnx Variables but not ``nnx.Param``s
+    (BatchNorm's ``mean``/``var``, RNG state, ...): no optimizer ever updates them."""
+    flat = jax.tree_util.tree_flatten_with_path(
+        params, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )[0]
+    return {
+        path_text(path): type(x).__name__
+        for path, x in flat
+        if isinstance(x, nnx.Variable) and not isinstance(x, nnx.Param)
+    }
+
+
+def _not_a_parameter(path: Sequence[Any], x: Any, kind: str) -> RouteRow:
+    why = f"not a parameter (nnx.{kind}): nnx.Optimizer(..., wrt=nnx.Param) never updates it"
+    return RouteRow(path_text(path), tuple(x.shape), "-", "-", "-", why)
+
+
 def routing_table(
     params: Any,
     *,
@@ -695,7 +714,9 @@ def routing_table(
     leaf``, ``rank < 2``, ``name preset: matrix (in, out)``, …).
 
     Args:
-      params: a pytree of arrays (or nnx.Variables / ShapeDtypeStructs).
+      params: a pytree of arrays (or nnx.Variables / ShapeDtypeStructs). Given a whole
+        ``nnx.state(model)``, variables that are not ``nnx.Param`` (BatchNorm statistics,
+        RNG state) are listed with route ``-`` as "not a parameter".
       routing: a :class:`Routing`; or give its fields as keywords (as in
         :func:`muon_labels`).
       scale, rms: as in :func:`filtered_optax.muon`, for the update scale of each matrix.
@@ -719,8 +740,12 @@ def routing_table(
       Jordan, "Muon", 2024; Liu et al., arXiv:2502.16982 (what goes to AdamW).
     """
     flat, _, decisions = _route_tree(params, as_routing(routing, keywords))
+    not_params = _non_parameters(params)
     table = RoutingTable(
-        _row(path, x, d, scale, rms) for (path, x), d in zip(flat, decisions, strict=True)
+        _not_a_parameter(path, x, not_params[path_text(path)])
+        if path_text(path) in not_params
+        else _row(path, x, d, scale, rms)
+        for (path, x), d in zip(flat, decisions, strict=True)
     )
     if print_table:
         print(table)

@@ -362,3 +362,19 @@ def test_four_d_query_kernel_is_orthogonalized_per_layer_by_fo_muon():
     updates, _ = _no_warnings(tx.update, grads, tx.init(params), params)
     rms = np.sqrt(np.mean(np.square(updates["attn"]["query"]["kernel"]), axis=(1, 2, 3)))
     np.testing.assert_allclose(rms, 0.2, rtol=0.1)
+
+
+def test_routing_table_of_a_whole_nnx_state_marks_batch_statistics_as_not_parameters():
+    """A user passing nnx.state(model) without an nnx.Param filter: BatchNorm's mean/var
+    are no optimizer's business, and the table says so instead of routing them to AdamW."""
+    model = nnx.Sequential(
+        nnx.Conv(1, 4, (3,), rngs=nnx.Rngs(0)), nnx.BatchNorm(4, rngs=nnx.Rngs(0))
+    )
+    rows = {r.path: r for r in fo.routing_table(nnx.state(model))}
+    for stat in ("layers/1/mean", "layers/1/var"):
+        assert rows[stat].route == "-"
+        assert "not a parameter (nnx.BatchStat)" in rows[stat].why
+    assert rows["layers/1/scale"].route == "adam"
+    assert rows["layers/0/kernel"].route == "muon"
+    params_only = {r.path for r in fo.routing_table(nnx.state(model, nnx.Param))}
+    assert params_only == set(rows) - {"layers/1/mean", "layers/1/var"}
