@@ -1,6 +1,6 @@
 """``benchmarks.data`` is ``benchmarks.core.data``
 
-Kept importable for the notebooks and tests/test_muon.py."""
+Kept importable for the notebooks and tests/unit/test_muon.py."""
 
 import sys
 

@@ -534,8 +534,9 @@ def write_markdown(cfg: LadderConfig, cells: list[Cell], meta: dict[str, Any],
                  f"{p.witness.note}" + (f" (knobs {p.witness.knobs})" if p.witness.knobs
                                         else "")]
                 for p in probs]),
-        "", "A witness run and a learning rate of 0 are checked by `tests/test_ladder.py`: the "
-        "witness passes, learning rate 0 fails every problem.",
+        "", "A witness run and a learning rate of 0 are checked by "
+        "`tests/benchmarks/test_ladder.py`: the witness passes, learning rate 0 fails every "
+        "problem.",
         "", "## Held-out pass rates", "",
         "![heatmap](heatmap.png)", "",
     ]

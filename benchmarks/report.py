@@ -1,6 +1,6 @@
 """``benchmarks.report`` is ``benchmarks.suite.report``
 
-Kept importable for tests/test_shipped_data.py."""
+Kept importable for tests/benchmarks/test_shipped_data.py."""
 
 import sys
 

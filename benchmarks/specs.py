@@ -1,6 +1,6 @@
 """``benchmarks.specs`` is ``benchmarks.core.specs``
 
-Kept importable for tests/test_describe.py."""
+Kept importable for tests/unit/test_describe.py."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_muon_spine.py in a subprocess: fo.muon on an explicit-axis mesh.
+"""Run by tests/unit/test_muon_spine.py in a subprocess: fo.muon on an explicit-axis mesh.
 
 The mesh reaches Muon only through the arrays' own shardings (no ``jax.set_mesh``), and
 once more under ``jax.set_mesh``. Prints one JSON line: the largest difference from the

@@ -1,4 +1,4 @@
-"""Run by tests/test_state_shardings.py in a subprocess: every registry optimizer on 8 devices.
+"""Run by tests/unit/test_sharding.py in a subprocess: every registry optimizer on 8 devices.
 
 For each optimizer of tests/registry.py, on a 4 x 2 ("data", "model") mesh:
 

@@ -1,4 +1,4 @@
-"""One process of tests/test_multiprocess.py: trains a small MLP on a 2 x 2 mesh.
+"""One process of tests/integration/test_multiprocess.py: trains a small MLP on a 2 x 2 mesh.
 
 Run as ``--num-processes 2`` (two copies, 2 CPU devices each, joined by
 ``jax.distributed.initialize`` over gloo on 127.0.0.1) or as one process with 4 devices. Each

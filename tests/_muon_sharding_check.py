@@ -1,4 +1,4 @@
-"""Run by tests/test_muon.py in a subprocess: Muon on 8 simulated CPU devices.
+"""Run by tests/unit/test_muon.py in a subprocess: Muon on 8 simulated CPU devices.
 
 Prints one JSON line with the measured errors, whether shardings were kept, and the
 collectives found in the compiled HLO of a step on a stack sharded along its stack axis.

@@ -1,4 +1,4 @@
-"""Run by tests/test_ns_split.py in a subprocess: distributed Newton–Schulz on 8 CPU devices.
+"""Run by tests/unit/test_ns_split.py in a subprocess: distributed Newton–Schulz on 8 CPU devices.
 
 Prints one JSON line per case with the error against the single-device result, whether the
 result kept its sharding, the per-device FLOPs of the compiled program relative to one device,

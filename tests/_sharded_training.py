@@ -13,8 +13,8 @@ Run standalone (8 simulated CPU devices are requested before jax is imported)::
 On real accelerators the same script runs unchanged on one host with 8 devices. On several
 hosts, start it on every host with ``--distributed`` (which calls
 ``jax.distributed.initialize()`` first); every host feeds only its own slice of the batch
-through ``jax.make_array_from_process_local_data``. ``tests/test_sharding.py`` runs it in a
-subprocess, because the device-count flag must be set before jax is imported.
+through ``jax.make_array_from_process_local_data``. ``tests/integration/test_sharding.py``
+runs it in a subprocess, because the device-count flag must be set before jax is imported.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Small Flax NNX models used by the benchmark tasks.
 
 Layer names are chosen so that path-based routing (e.g. Muon's "hidden matrix" presets) can tell
-the input embedding (``embed``), the learned positions (``pos_embedding``), the output head
-(``head``) and hidden matrices apart. The
-attention output projection is called ``proj`` (never ``out``) to avoid being mistaken for a head.
+the input embedding (``embed``), the learned positions (``pos``, a raw ``nnx.Param`` as many small
+GPTs write it: traced routing sends it to AdamW), the output head (``head``) and hidden matrices
+apart. The attention output projection is called ``proj`` (never ``out``) to avoid being
+mistaken for a head.
 """
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ class CharLM(nnx.Module):
         self, vocab: int, d: int, layers: int, heads: int, context: int, rngs: nnx.Rngs
     ) -> None:
         self.embed = nnx.Embed(vocab, d, rngs=rngs)
-        self.pos_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, d)))
+        self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, d)))
         self.blocks = nnx.List([Block(d, heads, rngs) for _ in range(layers)])
         self.ln_f = nnx.LayerNorm(d, rngs=rngs)
         self.head = nnx.Linear(d, vocab, rngs=rngs)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        x = self.embed(tokens) + self.pos_embedding[: tokens.shape[-1]]
+        x = self.embed(tokens) + self.pos[: tokens.shape[-1]]
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x))

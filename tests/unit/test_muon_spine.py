@@ -21,7 +21,7 @@ import pytest
 
 import filtered_optax as fo
 
-TESTS = pathlib.Path(__file__).parent
+TESTS = pathlib.Path(__file__).resolve().parents[1]  # the helper scripts live in tests/
 
 
 def _tree(rng, shapes, dtype=jnp.float32):

@@ -22,7 +22,7 @@ from filtered_optax._muon import muon, scale_by_muon
 from filtered_optax._orthogonal import newton_schulz
 from filtered_optax._routing import muon_labels, muon_specs, routing_table
 
-TESTS = pathlib.Path(__file__).parent
+TESTS = pathlib.Path(__file__).resolve().parents[1]  # the helper scripts live in tests/
 
 
 def _rand_tree(tree, rng, dtype=jnp.float32):

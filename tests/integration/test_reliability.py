@@ -69,7 +69,7 @@ def _run(tx, grads_at, steps, params=PARAMS):
 
 
 # ---------------------------------------------------------------------------------------
-# 1. Hyperparameter validation beyond tests/test_validation.py (its 28 cases are distinct
+# 1. Hyperparameter validation beyond tests/unit/test_validation.py (its 28 cases are distinct
 #    from these).
 
 BAD_CORE = [
@@ -435,9 +435,10 @@ def test_complex_parameters_work(name, make, kwargs):
         assert got["bias"].dtype == jnp.complex64
         np.testing.assert_allclose(got["bias"], want["bias"], rtol=1e-6)
     elif name in FILTERED - MATRIX:
-        # The filters act on the modulus and clip along the innovation (tests/test_complex.py
-        # checks them against a NumPy reference): every gradient here has the phase of
-        # 1 + 0.5j, so every update, and the parameters, keep that phase.
+        # The filters act on the modulus and clip along the innovation
+        # (tests/unit/test_filters_complex.py checks them against a NumPy reference): every
+        # gradient here has the phase of 1 + 0.5j, so every update, and the parameters, keep
+        # that phase.
         got, _ = _run(tx, grads, 5, params)
         assert got["bias"].dtype == jnp.complex64 and _all_finite(got)
         turned = np.asarray(got["bias"]) / (1.0 + 0.5j)

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import data as data_lib
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Built from pieces so that this file does not match its own pattern.
 SIBLING = "sha" + "red"
 SIBLING_PATH = re.compile(rf"\.\./{SIBLING}|[\"']{SIBLING}[\"']|{SIBLING}/data")

@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 import filtered_optax as fo
-from tests.test_nnx import MLP
+from tests.integration.test_nnx import MLP
 
 muon = fo.muon
 muon_labels = fo.muon_labels

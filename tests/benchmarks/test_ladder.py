@@ -16,7 +16,7 @@ import pytest
 from benchmarks import ladder
 from benchmarks.ladder_problems import PROBLEMS, Problem
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_problem_table_is_consistent() -> None:

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 import filtered_optax as fo
 from tests.registry import ids
 
-SCRIPT = Path(__file__).with_name("_mesh_check.py")
+SCRIPT = Path(__file__).resolve().parents[1] / "_mesh_check.py"
 MODES = ("auto", "explicit", "explicit_set_mesh")
 # fo.muon's Newton-Schulz builds a bare PartitionSpec, which an Explicit mesh entered without
 # jax.set_mesh rejects; the Muon rewrite fixes it (then flip these to plain passes).

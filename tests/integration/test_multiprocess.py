@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("orbax.checkpoint")
 
-WORKER = Path(__file__).with_name("_multiprocess_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "_multiprocess_worker.py"
 STEPS, SAVE_AT = 5, 2
 OPTIMIZERS = ("filtered_adam", "muon")
 TIMEOUT_S = 80  # per phase; every process still running then is killed

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import pathlib
 
-PACKAGE = pathlib.Path(__file__).parent.parent / "filtered_optax"
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "filtered_optax"
 
 # Lower layers first; a module may import only from its own layer or below, and the graph
 # must have no cycle (which catches two modules of one layer importing each other).

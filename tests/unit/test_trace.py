@@ -19,7 +19,7 @@ from jax import lax
 
 import filtered_optax as fo
 import filtered_optax._trace as trace_module
-from benchmarks.models import CharLM
+from benchmarks.core.models import CharLM
 from filtered_optax import MatrixSpec
 
 IN_OUT = MatrixSpec((0,), (1,))  # nnx.Linear (in, out)

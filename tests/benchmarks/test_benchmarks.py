@@ -23,7 +23,7 @@ from benchmarks.core.specs import REGISTRY, parse_spec, valid_names
 from benchmarks.suite import suites
 from benchmarks.suite.runner import next_lr_exp
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- spec parsing

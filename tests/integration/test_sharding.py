@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).with_name("_sharded_training.py")
+SCRIPT = Path(__file__).resolve().parents[1] / "_sharded_training.py"
 STEPS = 25
 
 

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from filtered_optax._ns_split import orthogonalize_stack
 from filtered_optax._orthogonal import newton_schulz
 
-SCRIPT = Path(__file__).with_name("_ns_split_check.py")
+SCRIPT = Path(__file__).resolve().parents[1] / "_ns_split_check.py"
 MODES = ("auto", "explicit")
 LAYOUTS = ("replicated", "fsdp", "fsdp_padded", "stacked_layers", "stacked_layers_fsdp")
 # Layouts whose parameters are sharded on a matrix axis: there each device must receive only
