@@ -123,7 +123,9 @@ def check_split(split: Any, name: str = "ns_split_axes") -> Split:
     )
 
 
-def split_axes(layout: StackLayout, split: Split = "auto") -> tuple[str, ...]:
+def split_axes(
+    layout: StackLayout, split: Split = "auto", name: str = "split"
+) -> tuple[str, ...]:
     """The ordered mesh axes the stack axis is spread over.
 
     ``"auto"`` takes every mesh axis of size > 1 in the order: axes sharding the stack axis,
@@ -133,6 +135,7 @@ def split_axes(layout: StackLayout, split: Split = "auto") -> tuple[str, ...]:
     Args:
         layout: from :func:`stack_layout`.
         split: ``"auto"``, a tuple of mesh axis names, or None (no split).
+        name: the argument's name in error messages.
 
     Returns:
         The axis names; ``()`` when ``split`` is None.
@@ -146,8 +149,8 @@ def split_axes(layout: StackLayout, split: Split = "auto") -> tuple[str, ...]:
     if isinstance(split, str):
         if split != "auto":
             raise ValueError(
-                f"split must be 'auto', None or a tuple of mesh axis names from {names}; "
-                f"got split={split!r}."
+                f"{name} must be 'auto', None or a tuple of mesh axis names from {names}; "
+                f"got {name}={split!r}."
             )
         spec = layout.spec or (None,)
         stack = _entry_axes(spec[0])
@@ -159,7 +162,7 @@ def split_axes(layout: StackLayout, split: Split = "auto") -> tuple[str, ...]:
     bad = [a for a in axes if a not in names]
     if bad or len(set(axes)) != len(axes):
         raise ValueError(
-            f"split must name distinct mesh axes from {names}; got split={split!r}."
+            f"{name} must name distinct mesh axes from {names}; got {name}={split!r}."
         )
     return axes
 

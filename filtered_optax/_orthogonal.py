@@ -532,7 +532,7 @@ def _split_group(pieces: list[_Piece], orth: Any, split: Split) -> list[jax.Arra
     layout = stack_layout(stack)
     if layout is None or stack.shape[0] < 2:
         return None
-    axes = split_axes(layout, split)
+    axes = split_axes(layout, split, name="ns_split_axes")
     if math.prod(layout.mesh.shape[a] for a in axes) < 2:
         return None
     out = orthogonalize_stack(stack, orth, split=axes)
