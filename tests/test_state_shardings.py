@@ -24,6 +24,8 @@ from tests.registry import ids
 
 SCRIPT = Path(__file__).with_name("_mesh_check.py")
 MODES = ("auto", "explicit", "explicit_set_mesh")
+
+
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
     env = dict(os.environ)
