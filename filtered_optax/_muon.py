@@ -112,8 +112,8 @@ def orthogonal_update(
     with :math:`M_t` and :math:`\beta` read from ``moments=`` (``mu`` and ``b1``), which
     :func:`filtered_optax.with_moments` supplies. Each leaf is viewed as matrices (see
     ``dimension_numbers``) and the whole tree is orthogonalized by one call that groups
-    same-shape matrices and handles explicit sharding
-    (:func:`~filtered_optax._orthogonal.orthogonalize_tree`).
+    same-shape matrices, spreads them over the mesh (``ns_split_axes``) and handles explicit
+    sharding (:func:`~filtered_optax._orthogonal.orthogonalize_tree`).
 
     Args:
       nesterov, bias_correction, coefficients, ns_steps, eps, compute_dtype, scale, rms,
@@ -242,7 +242,8 @@ def scale_by_muon(
     Every leaf it sees must have a matrix view (route other params elsewhere, see
     :func:`muon`). Same-shape plain matrices are stacked and orthogonalized in one batched
     call; declared stacks (``stacked``) are orthogonalized per matrix in their own call, so a
-    stack sharded along its stack axis needs no communication.
+    stack sharded along its stack axis needs no communication. On a mesh of more than one
+    device each device orthogonalizes only its share of the matrices (``ns_split_axes``).
 
     Optional spike filter (``filter_gamma`` not None): the robust Kalman filter of
     filtered Adam (README, "The filter"; :func:`filtered_optax.kalman_filter`) runs on
