@@ -84,7 +84,8 @@ def cost(mode: str, spec, split="auto") -> dict:
     """Per-device FLOPs relative to one device, the dot shapes, the collectives (compile only)."""
     mesh = mesh_of(mode)
     x = jax.device_put(np.zeros(BIG, np.float32), NamedSharding(mesh, spec))
-    compiled = jax.jit(lambda s: orthogonalize_stack(s, newton_schulz, split=split)).lower(x).compile()
+    compiled = jax.jit(lambda s: orthogonalize_stack(s, newton_schulz, split=split)).lower(x)
+    compiled = compiled.compile()
     single = jax.jit(newton_schulz).lower(
         jax.device_put(np.zeros(BIG, np.float32), jax.devices()[0])).compile()
     hlo = compiled.as_text()
