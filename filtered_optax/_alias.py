@@ -10,11 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from filtered_optax import _record, _validation
 from filtered_optax._filters import kalman_filter
-from filtered_optax._moments import belief, ema, heavy_ball, second_moment, with_moments
+from filtered_optax._moments import (
+    WithMomentsState,
+    belief,
+    ema,
+    heavy_ball,
+    second_moment,
+    with_moments,
+)
 from filtered_optax._scaling import momentum_output, normalize, rms_normalize
 from filtered_optax._types import MaskOrFn, ScalarOrSchedule
 
@@ -25,11 +33,16 @@ def with_learning_rate(
     weight_decay: float | None = None,
     mask: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Appends the optional decoupled weight decay and the learning rate (negated)."""
+    """Appends the optional decoupled weight decay and the learning rate (negated).
+
+    ``weight_decay=None`` means no decay stage (for the aliases without one); the AdamW
+    aliases check theirs first, so None there is a ``TypeError``.
+    """
     _validation.check_learning_rate(learning_rate)
     stages = [tx]
     if weight_decay is not None:
-        _validation.check_non_negative("weight_decay", weight_decay)
+        # optax.add_decayed_weights accepts a schedule, and so do optax's adamw and ours.
+        _validation.check_non_negative("weight_decay", weight_decay, schedule=True)
         stages.append(optax.add_decayed_weights(weight_decay, mask))
     stages.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*stages)
@@ -147,6 +160,7 @@ def filtered_adamw(
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
+    _validation.check_non_negative("weight_decay", weight_decay, schedule=True)
     stage = _kalman_adam(b1, b2, eps, (eta, gamma, warmup, kappa), mu_dtype, nu_dtype, stats)
     return with_learning_rate(stage, learning_rate, weight_decay, mask)
 
@@ -231,6 +245,7 @@ def adamw(
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101.
     """
+    _validation.check_non_negative("weight_decay", weight_decay, schedule=True)
     return with_learning_rate(
         with_moments(moments=ema(b1, b2), scale=normalize(eps, eps_root, nesterov=nesterov),
                      mu_dtype=mu_dtype, nu_dtype=nu_dtype),
@@ -247,6 +262,7 @@ def rmsprop(
     eps: float = 1e-8,
     initial_scale: float = 0.0,
     eps_in_sqrt: bool = True,
+    centered: bool = False,
     momentum: float | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
@@ -259,8 +275,10 @@ def rmsprop(
     .. math:: v_t = \rho v_{t-1} + (1-\rho) g_t^2, \quad
               \theta_{t+1} = \theta_t - \alpha_t \frac{g_t}{\sqrt{v_t + \epsilon}}
 
-    Equal to ``optax.rmsprop`` (uncentred) with the same arguments; ``momentum`` adds
-    optax's trace after the learning rate, as optax does.
+    and, ``centered``, :math:`m_t = \rho m_{t-1} + (1-\rho) g_t` with
+    :math:`v_t - m_t^2` in place of :math:`v_t`. Equal to ``optax.rmsprop`` with the same
+    arguments (in the same positional order); ``momentum`` adds optax's trace after the
+    learning rate, as optax does.
 
     Args:
       learning_rate: a constant >= 0 or a schedule.
@@ -268,9 +286,11 @@ def rmsprop(
       eps: stabilizer, >= 0.
       initial_scale: starting value of ``v``.
       eps_in_sqrt: put ``eps`` inside the square root.
+      centered: divide by the (estimated) standard deviation of the gradient rather than
+        its root mean square; keeps one more parameter-sized buffer, ``mu``.
       momentum: optional heavy-ball momentum applied to the scaled update.
       nesterov: Nesterov form of that momentum.
-      bias_correction: divide ``v`` by ``1 - decay^t``.
+      bias_correction: divide ``v`` (and ``m``) by ``1 - decay^t``.
       mu_dtype: storage dtype of the momentum trace (None = the parameters' dtype).
       nu_dtype: storage dtype of ``v`` (None = the parameters' dtype); arithmetic is float32.
 
@@ -279,18 +299,22 @@ def rmsprop(
 
     Example:
       >>> import filtered_optax as fo
-      >>> tx = fo.rmsprop(1e-3, decay=0.9)
+      >>> tx = fo.rmsprop(1e-3, decay=0.9, centered=True)
 
     References:
-      Tieleman & Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012.
+      Tieleman & Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012;
+      Graves, arXiv:1308.0850 (centred).
     """
+    _validation.check_bool("nesterov", nesterov)
     tx = with_moments(
-        moments=second_moment(decay, initial_scale),
-        scale=rms_normalize(eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction),
+        moments=second_moment(decay, initial_scale, centered=centered),
+        scale=rms_normalize(
+            eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction, centered=centered
+        ),
         nu_dtype=nu_dtype,
     )
     tx = with_learning_rate(tx, learning_rate)
-    mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
+    mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype, allow_complex=True)
     if momentum is None:
         return tx
     _validation.check_non_negative("momentum", momentum)
@@ -350,6 +374,7 @@ def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: float | None = None,
     nesterov: bool = False,
+    accumulator_dtype: Any = None,
     *,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -359,13 +384,16 @@ def sgd(
     .. math:: m_t = \mu m_{t-1} + g_t, \quad
               \theta_{t+1} = \theta_t - \alpha_t\, (m_t \ \text{or}\ g_t + \mu m_t)
 
-    Equal to ``optax.sgd`` with the same arguments.
+    Equal to ``optax.sgd`` with the same arguments (in the same positional order).
 
     Args:
       learning_rate: a constant >= 0 or a schedule.
       momentum: :math:`\mu \ge 0`, or None for plain SGD (no state).
       nesterov: Nesterov look-ahead.
-      mu_dtype: storage dtype of the momentum ``m`` (None = the parameters' dtype).
+      accumulator_dtype: storage dtype of the momentum ``m`` (None = the parameters'
+        dtype), optax's name for it.
+      mu_dtype: the same, under the name the other optimizers of this package use; give
+        at most one of the two.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -378,11 +406,46 @@ def sgd(
       Sutskever et al., "On the importance of initialization and momentum in deep
       learning", ICML 2013.
     """
+    if accumulator_dtype is not None and mu_dtype is not None:
+        raise TypeError(
+            "accumulator_dtype and mu_dtype name the same thing (the momentum's storage "
+            f"dtype); give one of them, got accumulator_dtype={accumulator_dtype!r} and "
+            f"mu_dtype={mu_dtype!r}."
+        )
+    name = "mu_dtype" if accumulator_dtype is None else "accumulator_dtype"
+    given = accumulator_dtype if mu_dtype is None else mu_dtype
+    dtype = _validation.check_float_dtype(name, given, allow_complex=True)
+    _validation.check_bool("nesterov", nesterov)
     if momentum is None:
-        _validation.check_float_dtype("mu_dtype", mu_dtype)
         return with_learning_rate(optax.identity(), learning_rate)
     return with_learning_rate(
-        with_moments(moments=heavy_ball(momentum), scale=momentum_output(nesterov=nesterov),
-                     mu_dtype=mu_dtype),
+        _trace_state(
+            with_moments(moments=heavy_ball(momentum), scale=momentum_output(nesterov=nesterov),
+                         mu_dtype=dtype)
+        ),
         learning_rate,
     )
+
+
+def _trace_state(
+    tx: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+    """``with_moments(heavy_ball, momentum_output)`` keeping optax.sgd's state layout.
+
+    The state is ``optax.TraceState(trace=m)``, as ``optax.sgd``'s, so checkpoints are
+    interchangeable and ``optax.tree.get(state, "trace")`` works. Neither stage reads the
+    step count or holds state of its own, so ``m`` is all there is to keep.
+    """
+
+    def unpack(state: optax.TraceState) -> WithMomentsState:
+        empty = optax.EmptyState()
+        return WithMomentsState(jnp.zeros([], jnp.int32), state.trace, None, empty, empty)
+
+    def init_fn(params):
+        return optax.TraceState(trace=tx.init(params).mu)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, new = tx.update(updates, unpack(state), params, **extra_args)
+        return updates, optax.TraceState(trace=new.mu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -15,9 +15,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import hashlib
 import inspect
+import itertools
+import marshal
 import math
+import secrets
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,6 +41,12 @@ Value = Any
 _MAX_ARRAY_ELEMENTS = 8
 # Guards against self-referencing closures; real chains are a handful of levels deep.
 _MAX_DEPTH = 32
+# Closures inside closures (a joined schedule of warmup and decay, wrapped by
+# scale_by_learning_rate) are followed this deep; deeper ones are not describable.
+_MAX_CLOSURE_DEPTH = 8
+# Hex digits of the code hash that identifies a stateless lambda (32 bits: collisions
+# between the handful of functions in one optimizer are out of the question).
+_CODE_HASH_CHARS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +56,10 @@ class Description:
     Attributes:
       name: the stage's public name, e.g. ``"fo.with_moments"`` or ``"optax.scale_by_adam"``.
       hyperparams: ``(name, value)`` pairs, defaults applied; values are None, bool, int,
-        float, str or tuples of them (dtypes as their names, functions as their names).
+        float, str or tuples of them (dtypes as their names; schedules and other closures
+        written out as ``factory(k=v, ...)``, module-level functions as their names,
+        stateless lambdas as ``name (code <hash>)``, anything else as an opaque token that
+        is equal only for the same object).
       children: ``(label, Description)`` pairs; the label is the partition group, the
         argument name (``filter``, ``moments``, ``scale``), or ``""`` for a chain member.
       params: paths of the parameters this stage receives, when it is one branch of an
@@ -506,46 +520,140 @@ def _value(value: Any) -> Value:
     if isinstance(value, enum.Enum):
         return value.name
     if isinstance(value, functools.partial):
-        return f"partial({_value(value.func)})"
+        return _partial_text(value)
     if callable(value):
         return _callable_text(value)
     text = repr(value)
     return type(value).__qualname__ if " at 0x" in text else text
 
 
-def _callable_text(fn: Any) -> str:
-    """A function's public name, or ``factory(k=v, ...)`` for a schedule-like closure."""
-    return _closure_text(fn, 0) or _function_name(fn)
+def _callable_text(fn: Any, depth: int = 0) -> str:
+    """``factory(k=v, ...)`` for a closure over describable values (every optax schedule,
+    joined ones with their parts and boundaries), the public name of a function that its
+    name identifies, a stateless function by its code, or else an opaque token that is
+    equal only for the same object."""
+    text = _closure_text(fn, depth)
+    if text is not None:
+        return text
+    if _named_function(fn):
+        return _function_name(fn)
+    text = _code_text(fn)
+    return _opaque(fn) if text is None else text
+
+
+def _code_text(fn: Any) -> str | None:
+    """``name (code <hash>)`` for a Python function that holds no state of its own.
+
+    A lambda or local function without closure variables (or with plain default values,
+    which are shown) does what its code says, so the code identifies it: two such
+    functions read alike exactly when they come from the same source (the hash covers
+    the compiled code, its constants and its location), also across processes. None for
+    anything else.
+    """
+    code = getattr(fn, "__code__", None)
+    if not inspect.isfunction(fn) or _cells(fn) or code is None:
+        return None
+    defaults = [*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
+    shown = [_closure_value(v, 0) for v in defaults]
+    if any(t is None for t in shown):
+        return None
+    digest = hashlib.sha256(marshal.dumps(code)).hexdigest()[:_CODE_HASH_CHARS]
+    suffix = f" defaults ({', '.join(shown)})" if shown else ""  # type: ignore[arg-type]
+    return f"{_function_name(fn)} (code {digest}{suffix})"
+
+
+def _named_function(fn: Any) -> bool:
+    """A module-level function or class: looking its name up gives this very object."""
+    qualname = getattr(fn, "__qualname__", "")
+    if not qualname or "<" in qualname:  # "<locals>", "<lambda>"
+        return False
+    obj: Any = sys.modules.get(getattr(fn, "__module__", "") or "")
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj is fn
+
+
+# Tokens for callables that cannot be described (a lambda, a closure over arbitrary
+# objects, a callable instance): equal for the same object within this process, and never
+# equal across processes (the prefix is random per process), so two descriptions holding
+# such a callable compare equal only when they hold the very same object.
+_PROCESS = secrets.token_hex(4)
+_OPAQUE: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_OPAQUE_COUNT = itertools.count(1)
+
+
+def _opaque(fn: Any) -> str:
+    try:
+        if fn not in _OPAQUE:
+            _OPAQUE[fn] = next(_OPAQUE_COUNT)
+        token = f"{_PROCESS}-{_OPAQUE[fn]}"
+    except TypeError:  # not weakly referenceable or not hashable: its id, while it lives
+        token = f"{_PROCESS}-id{id(fn):x}"
+    return f"<not describable: {_function_name(fn)}, equal only to itself ({token})>"
 
 
 def _closure_text(fn: Any, depth: int) -> str | None:
-    """``factory(k=v, ...)`` when ``fn`` is a closure over plain values (or over such
-    closures, as ``scale_by_learning_rate`` wraps a schedule), else None.
+    """``factory(k=v, ...)`` when every variable the closure ``fn`` holds can be written
+    out (see :func:`_closure_value`), else None.
 
-    Only the factory's own parameters are shown; a closure over anything else (a dict,
-    a helper function) is plumbing and is named rather than expanded.
+    The factory's own parameters come first, in its order, then any other variable it
+    computed from them (``piecewise_interpolate_schedule`` keeps ``boundaries`` and
+    ``scales``): two closures of one factory with different variables never read alike.
+    Functions defined inside the same factory are plumbing and left out.
     """
     qualname = getattr(fn, "__qualname__", "")
     cells = _cells(fn)
-    if "<locals>" not in qualname or not cells or depth > 4:
+    if "<locals>" not in qualname or not cells or depth > _MAX_CLOSURE_DEPTH:
         return None
-    names = _signature_names(fn)
     args = []
-    for key, value in _ordered(cells, names):
-        if _is_plain(value):
-            text = _fmt(_value(value))
-        elif callable(value):
-            text = _closure_text(value, depth + 1)
-            if text is None:
-                return None
-        else:
+    for key, value in _ordered(cells, _signature_names(fn)):
+        if callable(value) and _is_helper(value, qualname) and not _cells(value):
+            continue
+        text = _closure_value(value, depth)
+        if text is None:
             return None
-        if names is None or key in names:
-            args.append(f"{key}={text}")
+        args.append(f"{key}={text}")
     if not args:
         return None
     name = _public_name(getattr(fn, "__module__", "") or "", qualname.split(".<locals>")[0])
     return f"{name}({', '.join(args)})"
+
+
+def _closure_value(value: Any, depth: int) -> str | None:
+    """One closed-over variable as text, or None when it cannot be written out exactly."""
+    if _is_plain(value):
+        return _fmt(_value(value))
+    if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
+        if np.size(value) > _MAX_ARRAY_ELEMENTS:
+            return None  # dtype[shape] would make two different arrays read alike
+        return _fmt(_value(value))
+    if isinstance(value, (list, tuple)):
+        parts = [_closure_value(v, depth) for v in value]
+        if any(p is None for p in parts):
+            return None
+        inner = ", ".join(parts)  # type: ignore[arg-type]
+        if isinstance(value, list):
+            return f"[{inner}]"
+        return f"({inner},)" if len(parts) == 1 else f"({inner})"
+    if isinstance(value, dict):
+        items = [(_closure_value(k, depth), _closure_value(v, depth)) for k, v in value.items()]
+        if any(k is None or v is None for k, v in items):
+            return None
+        return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
+    if callable(value):  # a callable that cannot be written out is shown by its token
+        return _callable_text(value, depth + 1)
+    return None
+
+
+def _partial_text(fn: functools.partial) -> str:
+    """``partial(f, args..., k=v...)``, or an opaque token when an argument cannot be
+    written out."""
+    args = [_closure_value(a, 0) for a in fn.args]
+    kwargs = {k: _closure_value(v, 0) for k, v in fn.keywords.items()}
+    if any(t is None for t in [*args, *kwargs.values()]):
+        return _opaque(fn)
+    parts = [_callable_text(fn.func), *args, *(f"{k}={t}" for k, t in kwargs.items())]
+    return f"partial({', '.join(parts)})"  # type: ignore[arg-type]
 
 
 def _fmt(value: Value) -> str:

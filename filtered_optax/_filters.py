@@ -30,6 +30,12 @@ from filtered_optax._types import FilterResult, FilterStats, Moments
 # into the noise variance, stays finite on the first step (where rho_1 == 1 exactly).
 _MAX_RHO = 0.9999
 
+# The one spelling of "filter off" (README, "The filter"): gamma=inf (and eta=1).
+CLIP_OFF_HINT = "use gamma=float('inf') to turn the spike clip off"
+GAMMA_OFF_HINT = (
+    "use gamma=float('inf') to turn the spike clip off (and eta=1.0 for no smoothing)"
+)
+
 
 class _Prior(NamedTuple):
     """Bias-corrected previous moments of one array, in float32 (or wider)."""
@@ -43,14 +49,57 @@ class _Prior(NamedTuple):
     count: jax.Array  # c, clamped to >= 1 so that 1 - b^c never divides by zero
 
 
+def _real(x: Any) -> Any:
+    """The real part of a complex array, anything else unchanged.
+
+    ``optax.inject_hyperparams`` casts hyperparameters to complex parameters' dtype; a
+    Python float stays a float, so short-cuts at trace time still see it.
+    """
+    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.complexfloating):
+        return jnp.real(x)
+    return x
+
+
+def _as(x: jax.Array, dtype: Any) -> jax.Array:
+    """``x`` cast to ``dtype``, dropping an (always zero) imaginary part for a real dtype.
+
+    A complex ``mu_dtype`` with real gradients keeps a zero imaginary part in ``mu``.
+    """
+    if not jnp.issubdtype(dtype, jnp.complexfloating):
+        x = _real(x)
+    return x.astype(dtype)
+
+
+def _abs2(x: jax.Array) -> jax.Array:
+    """|x|^2, real, for real and complex x."""
+    return jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
+
+
+def _phase(d: jax.Array) -> jax.Array:
+    """d / |d| (0 at 0): sign(d) for real d, the unit phase for complex d.
+
+    For a complex d with an infinite part the phase is taken from the infinite parts
+    (d / |d| would be inf / inf = NaN), so an infinite complex gradient is clipped as a
+    spike as a real one is.
+    """
+    if not jnp.iscomplexobj(d):
+        return jnp.sign(d)
+    re, im = jnp.real(d), jnp.imag(d)
+    inf_dir = jax.lax.complex(jnp.where(jnp.isinf(re), jnp.sign(re), 0.0),
+                              jnp.where(jnp.isinf(im), jnp.sign(im), 0.0))
+    return jnp.where(jnp.isinf(jnp.abs(d)), jnp.sign(inf_dir), jnp.sign(d))
+
+
 def _prior(g, m, v, count, b1, b2, warmup) -> _Prior:
     compute = jnp.promote_types(g.dtype, jnp.float32)
+    real = jnp.finfo(compute).dtype  # float32 for complex64, float64 for complex128
+    b1, b2 = _real(b1), _real(b2)
     g32 = g.astype(compute)
     c = jnp.maximum(jnp.asarray(count), 1)
     # Multiply by scalar reciprocals: a per-element divide would keep XLA from fusing the
-    # whole filter into one loop.
-    m_hat = m.astype(compute) * (1 / (1 - jnp.asarray(b1, compute) ** c))
-    v_hat = v.astype(compute) * (1 / (1 - jnp.asarray(b2, compute) ** c))
+    # whole filter into one loop. v is an EMA of |g|^2, real even when stored complex.
+    m_hat = _as(m, compute) * (1 / (1 - jnp.asarray(b1, real) ** c))
+    v_hat = _as(v, real) * (1 / (1 - jnp.asarray(b2, real) ** c))
     positive = v_hat > 0
     # |g| > 0 is False both for g == 0 and for NaN g.
     gate_closed = (jnp.asarray(count) >= warmup) & (jnp.asarray(count) > 0)
@@ -66,19 +115,22 @@ def _prior(g, m, v, count, b1, b2, warmup) -> _Prior:
 
 def _noise_variance(prior: _Prior, b1, kappa) -> jax.Array:
     """sigma^2 = max(max(v_hat - m_hat^2, 0) / (1 - rho_c), kappa * v_hat)."""
-    b1c = jnp.asarray(b1, prior.g.dtype) ** prior.count
+    b1, kappa = _real(b1), _real(kappa)
+    b1c = jnp.asarray(b1, prior.v_hat.dtype) ** prior.count
     rho = jnp.minimum(_MAX_RHO, (1 - b1) * (1 + b1c) / ((1 + b1) * (1 - b1c)))
-    spread = jnp.maximum(prior.v_hat - prior.m_hat**2, 0.0) / (1 - rho)
+    spread = jnp.maximum(prior.v_hat - _abs2(prior.m_hat), 0.0) / (1 - rho)
     return jnp.maximum(spread, kappa * prior.v_hat)
 
 
 def _clip_to(prior: _Prior, is_spike, threshold, unit) -> jax.Array:
-    """m_hat + sign(d) * threshold * unit where is_spike.
+    """m_hat + (d / |d|) * threshold * unit where is_spike (sign(d) for real d; for
+    complex d the clip is along d, so the phase of the innovation is kept).
 
     The threshold is zeroed where no spike was flagged, so an infinite threshold never
     meets a zero cotangent (inf * 0 = NaN) in ``jax.grad``.
     """
-    return prior.m_hat + jnp.sign(prior.innovation) * jnp.where(is_spike, threshold, 0.0) * unit
+    size = jnp.where(is_spike, threshold, 0.0) * unit
+    return prior.m_hat + _phase(prior.innovation) * size
 
 
 def _filter_result(g, prior: _Prior, filtered, is_spike) -> FilterResult:
@@ -89,7 +141,7 @@ def _filter_result(g, prior: _Prior, filtered, is_spike) -> FilterResult:
     """
     d = prior.innovation
     nonzero = d != 0
-    gain = jnp.where(nonzero, (filtered - prior.m_hat) / jnp.where(nonzero, d, 1.0), 1.0)
+    gain = _real(jnp.where(nonzero, (filtered - prior.m_hat) / jnp.where(nonzero, d, 1.0), 1.0))
     gain = jnp.where(jnp.isfinite(gain), gain, 0.0)
     return FilterResult(filtered.astype(g.dtype), is_spike, gain.astype(jnp.float32))
 
@@ -158,13 +210,14 @@ def kalman_filter_math(
       Mehra, "On the identification of variances and adaptive Kalman filtering", IEEE
       TAC 1970 (covariance matching); Chebyshev's inequality for the threshold.
     """
+    eta, gamma, kappa = _real(eta), _real(gamma), _real(kappa)
     prior = _prior(g, m, v, count, b1, b2, warmup)
     is_spike = jnp.abs(prior.innovation) > gamma * prior.scale
     if _is_concrete(eta, 1.0):
         smoothed = prior.g  # K = max(1, .) = 1: g - 0 * d == g exactly
     else:
         d = jnp.where(is_spike, 0.0, prior.innovation)
-        d2 = d * d
+        d2 = _abs2(d)
         sigma2 = _noise_variance(prior, b1, kappa)
         gain = jnp.where(d2 > 0, jnp.maximum(eta, 1 - sigma2 / jnp.where(d2 > 0, d2, 1.0)), 1.0)
         smoothed = prior.g - (1 - gain) * d
@@ -187,10 +240,10 @@ def spam_filter_math(g, m, v, count, *, b1, b2, threshold=5000.0, warmup=0) -> F
     """
     del m
     prior = _prior(g, jnp.zeros_like(v), v, count, b1, b2, warmup)
-    v_raw = jnp.where(prior.acts, v.astype(prior.g.dtype), 1.0)
-    bound = jnp.sqrt(threshold * v_raw)
+    v_raw = jnp.where(prior.acts, _as(v, prior.v_hat.dtype), 1.0)
+    bound = jnp.sqrt(_real(threshold) * v_raw)
     is_spike = prior.acts & (jnp.abs(prior.g) > bound)
-    filtered = jnp.where(is_spike, jnp.sign(prior.g) * bound, prior.g)
+    filtered = jnp.where(is_spike, _phase(prior.g) * bound, prior.g)
     return _filter_result(g, prior, filtered, is_spike)
 
 
@@ -204,6 +257,7 @@ def zscore_filter_math(
     Thresholds against the noise scale rather than the RMS, so it also flags moderate
     outliers on signal-dominated coordinates.
     """
+    gamma = _real(gamma)
     prior = _prior(g, m, v, count, b1, b2, warmup)
     sigma = jnp.sqrt(_noise_variance(prior, b1, kappa))
     is_spike = jnp.abs(prior.innovation) > gamma * sigma
@@ -217,9 +271,10 @@ def soft_clip_filter_math(g, m, v, count, *, b1, b2, gamma=10.0, warmup=20) -> F
     Smooth in ``g``; close to the identity for :math:`|d| \ll \gamma s` and saturating at
     :math:`\hat m \pm \gamma s`. ``is_spike`` marks :math:`|d| > \gamma s`.
     """
+    gamma = _real(gamma)
     prior = _prior(g, m, v, count, b1, b2, warmup)
     radius = gamma * prior.scale
-    x = prior.innovation / radius
+    x = jnp.abs(prior.innovation) / radius  # |d| / r: the tanh acts on the modulus
     # An infinite innovation with a finite radius saturates at m_hat +- radius (the limit
     # of r * tanh(d / r)); computing d * tanh(x) / x there would give inf * 0 = NaN.
     saturated = jnp.isinf(x)
@@ -285,16 +340,6 @@ def _filter_stage(
                 f"{name} reads both moments (mu and nu); pair it with fo.ema or fo.belief."
             )
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
-        for path, g in jax.tree_util.tree_flatten_with_path(updates)[0]:
-            if jnp.issubdtype(g.dtype, jnp.complexfloating):
-                # Spike thresholds and gains compare magnitudes, which the filter (README,
-                # "The filter") defines for real gradients only. (Unfiltered Adam-family
-                # optimizers accept complex.)
-                raise TypeError(
-                    f"{name} filters real gradients only; gradient leaf "
-                    f"{jax.tree_util.keystr(path)} has dtype {g.dtype}. Split complex "
-                    "parameters into real and imaginary parts, or use an unfiltered optimizer."
-                )
         mus = treedef.flatten_up_to(prev_moments.mu)
         nus = treedef.flatten_up_to(prev_moments.nu)
         count = prev_moments.count
@@ -373,9 +418,10 @@ def kalman_filter(
       Kalman filtering", IEEE TAC 1970 (covariance matching).
     """
     _validation.check_range("eta", eta, low=0.0, high=1.0)
-    _validation.check_range("gamma", gamma, low=0.0, low_open=True)
+    _validation.check_range("gamma", gamma, low=0.0, low_open=True, hint=GAMMA_OFF_HINT)
     _validation.check_non_negative_int("warmup", warmup)
     _validation.check_non_negative("kappa", kappa)
+    _validation.check_bool("stats", stats)
     if _is_concrete(eta, 1.0) and _is_concrete(gamma, math.inf) and not stats:
         return identity_filter()
 
@@ -411,8 +457,12 @@ def spam_filter(
     References:
       Huang et al., "SPAM: Spike-Aware Adam with Momentum Reset", arXiv:2501.06842.
     """
-    _validation.check_range("threshold", threshold, low=0.0, low_open=True)
+    _validation.check_range(
+        "threshold", threshold, low=0.0, low_open=True,
+        hint="use threshold=float('inf') to turn the clip off",
+    )
     _validation.check_non_negative_int("warmup", warmup)
+    _validation.check_bool("stats", stats)
 
     def math_fn(g, m, v, count, *, b1, b2):
         return spam_filter_math(g, m, v, count, b1=b1, b2=b2, threshold=threshold, warmup=warmup)
@@ -447,9 +497,10 @@ def zscore_filter(
       Mehra, IEEE TAC 1970 (the noise variance by covariance matching, as in
       :func:`kalman_filter_math`).
     """
-    _validation.check_range("gamma", gamma, low=0.0, low_open=True)
+    _validation.check_range("gamma", gamma, low=0.0, low_open=True, hint=CLIP_OFF_HINT)
     _validation.check_non_negative_int("warmup", warmup)
     _validation.check_non_negative("kappa", kappa)
+    _validation.check_bool("stats", stats)
 
     def math_fn(g, m, v, count, *, b1, b2):
         return zscore_filter_math(
@@ -481,8 +532,9 @@ def soft_clip_filter(
       >>> import filtered_optax as fo
       >>> tx = fo.with_moments(filter=fo.soft_clip_filter(gamma=10.0))
     """
-    _validation.check_range("gamma", gamma, low=0.0, low_open=True)
+    _validation.check_range("gamma", gamma, low=0.0, low_open=True, hint=CLIP_OFF_HINT)
     _validation.check_non_negative_int("warmup", warmup)
+    _validation.check_bool("stats", stats)
 
     def math_fn(g, m, v, count, *, b1, b2):
         return soft_clip_filter_math(g, m, v, count, b1=b1, b2=b2, gamma=gamma, warmup=warmup)

@@ -113,32 +113,40 @@ def belief(b1: float = 0.9, b2: float = 0.999, eps_root: float = 1e-16) -> Momen
 
 
 @_record.recorded
-def second_moment(decay: float = 0.9, initial_scale: float = 0.0) -> MomentRule:
-    r"""RMSProp's moment rule: only an EMA of g^2, no first moment is stored.
+def second_moment(
+    decay: float = 0.9, initial_scale: float = 0.0, *, centered: bool = False
+) -> MomentRule:
+    r"""RMSProp's moment rule: an EMA of g^2 (and, centred, of g).
 
-    .. math:: v_t = \rho v_{t-1} + (1 - \rho) \tilde g_t^2
+    .. math:: v_t = \rho v_{t-1} + (1 - \rho) |\tilde g_t|^2, \qquad
+              m_t = \rho m_{t-1} + (1 - \rho) \tilde g_t \ \text{(centered only)}
 
     Args:
       decay: the decay rho, in [0, 1).
       initial_scale: starting value of ``v`` (``optax.rmsprop``'s ``initial_scale``).
+      centered: also keep the EMA ``m`` of the gradient, for the centred RMSProp of
+        ``optax.rmsprop(centered=True)`` (pair with ``fo.rms_normalize(centered=True)``).
 
     Returns:
-      A :class:`MomentRule` whose ``mu`` is None.
+      A :class:`MomentRule` whose ``mu`` is None unless ``centered``.
 
     References:
-      Tieleman & Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012.
+      Tieleman & Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012;
+      Graves, "Generating Sequences With Recurrent Neural Networks", arXiv:1308.0850
+      (the centred form).
     """
     _validation.check_decay("decay", decay)
     _validation.check_non_negative("initial_scale", initial_scale)
+    _validation.check_bool("centered", centered)
 
     def init(params):
-        return None, otu.full_like(params, initial_scale)
+        return (otu.zeros_like(params) if centered else None), otu.full_like(params, initial_scale)
 
     def update(g, mu, nu):
-        del mu
-        return None, otu.update_moment_per_elem_norm(g, nu, decay, 2)
+        mu = otu.update_moment(g, mu, decay, 1) if centered else None
+        return mu, otu.update_moment_per_elem_norm(g, nu, decay, 2)
 
-    return MomentRule(init, update, 0.0, decay)
+    return MomentRule(init, update, decay if centered else 0.0, decay)
 
 
 @_record.recorded
@@ -235,12 +243,50 @@ def _call_stage(stage: optax.GradientTransformation, updates, state, params, ext
     return stage.update(updates, state, params)
 
 
-def _check_stage(name: str, stage: Any) -> None:
-    if not (hasattr(stage, "init") and hasattr(stage, "update")):
-        raise TypeError(
-            f"{name} must be an optax.GradientTransformation (for example "
-            f"fo.kalman_filter() or fo.normalize()); got {type(stage).__name__}."
-        )
+# Which slot of with_moments each of our recorded constructors belongs in.
+_FILTERS = ("identity_filter", "kalman_filter", "spam_filter", "zscore_filter", "soft_clip_filter")
+_RULES = ("ema", "belief", "second_moment", "heavy_ball", "ema_momentum")
+_SCALES = ("normalize", "rms_normalize", "momentum_output", "sign_update", "orthogonal_update")
+_KIND = {
+    **{f"fo.{n}": "filter" for n in _FILTERS},
+    **{f"fo.{n}": "moments" for n in _RULES},
+    **{f"fo.{n}": "scale" for n in _SCALES},
+}
+_SLOT = {
+    "filter": "a filter stage (fo.kalman_filter(), fo.spam_filter(), fo.zscore_filter(), "
+    "fo.soft_clip_filter(), fo.identity_filter(), or your own transformation reading "
+    "prev_moments=)",
+    "moments": "a moment rule (a fo.MomentRule such as fo.ema(b1, b2), fo.belief(b1, b2), "
+    "fo.second_moment(decay), fo.heavy_ball(momentum) or fo.ema_momentum(beta))",
+    "scale": "a scale stage (fo.normalize(), fo.rms_normalize(), fo.momentum_output(), "
+    "fo.sign_update(), fo.orthogonal_update(), or your own transformation reading moments=)",
+}
+
+
+def _check_stage(slot: str, stage: Any) -> None:
+    """Raises ``TypeError`` when ``stage`` does not belong in ``with_moments(slot=...)``.
+
+    Our own constructors are recognised by their record, so a moment rule or a scale
+    stage given as ``filter=`` (and so on) is named with the slot it belongs in. A
+    transformation of unknown origin is accepted in the filter and scale slots (a custom
+    stage) if it has ``init`` and ``update``.
+    """
+    record = _record.lookup(stage)
+    kind = None if record is None else _KIND.get(record.name, "optimizer")
+    if kind == slot:
+        return
+    if kind is None and isinstance(stage, MomentRule) == (slot == "moments"):
+        if slot == "moments" or (hasattr(stage, "init") and hasattr(stage, "update")):
+            return  # a custom moment rule or a custom stage
+    if kind == "optimizer":
+        got = f"{record.name}(...), a complete optimizer, not a stage"
+    elif kind is not None:
+        got = f"{record.name}(), {_SLOT[kind].split(' (')[0]}: pass it as {kind}="
+    elif isinstance(stage, MomentRule):
+        got = "a fo.MomentRule: pass it as moments="
+    else:
+        got = type(stage).__name__
+    raise TypeError(f"{slot}= of fo.with_moments expects {_SLOT[slot]}; got {got}.")
 
 
 def _check_like_state(updates: Any, reference: Any) -> None:
@@ -311,13 +357,9 @@ def with_moments(
     moments = ema() if moments is None else moments
     scale = normalize() if scale is None else scale
     _check_stage("filter", filter)
+    _check_stage("moments", moments)
     _check_stage("scale", scale)
-    if not isinstance(moments, MomentRule):
-        raise TypeError(
-            "moments must be a fo.MomentRule such as fo.ema(b1, b2) or fo.belief(b1, b2); "
-            f"got {type(moments).__name__}."
-        )
-    mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
+    mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype, allow_complex=True)
     nu_dtype = _validation.check_float_dtype("nu_dtype", nu_dtype)
 
     def init_fn(params):

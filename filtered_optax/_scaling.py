@@ -70,6 +70,7 @@ def normalize(
     """
     _validation.check_non_negative("eps", eps)
     _validation.check_non_negative("eps_root", eps_root)
+    _validation.check_bool("nesterov", nesterov)
 
     def update_fn(updates, state, params=None, *, moments: Moments | None = None, **extra):
         del params, extra
@@ -101,6 +102,7 @@ def rms_normalize(
     *,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
+    centered: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSProp's scaled update: the gradient over the root second moment.
 
@@ -109,12 +111,15 @@ def rms_normalize(
       \quad\text{or}\quad u_t = \frac{\tilde g_t}{\sqrt{\hat v_t} + \epsilon}
 
     where :math:`\hat v_t = v_t / (1 - b_2^t)` with ``bias_correction`` and
-    :math:`v_t` otherwise, as in ``optax.scale_by_rms``.
+    :math:`v_t` otherwise, as in ``optax.scale_by_rms``. ``centered`` replaces
+    :math:`\hat v_t` by the variance estimate :math:`\hat v_t - |\hat m_t|^2`, as in
+    ``optax.scale_by_stddev`` (pair it with ``fo.second_moment(centered=True)``).
 
     Args:
       eps: stabilizer, >= 0.
       eps_in_sqrt: put ``eps`` inside the square root (optax's default).
-      bias_correction: divide ``v`` by ``1 - b2^t``.
+      bias_correction: divide ``v`` (and ``m``) by ``1 - b2^t``.
+      centered: subtract the squared first moment (centred RMSProp).
 
     Returns:
       A scale stage for :func:`filtered_optax.with_moments`.
@@ -127,13 +132,22 @@ def rms_normalize(
       Tieleman & Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012.
     """
     _validation.check_non_negative("eps", eps)
+    _validation.check_bool("eps_in_sqrt", eps_in_sqrt)
+    _validation.check_bool("bias_correction", bias_correction)
+    _validation.check_bool("centered", centered)
 
     def update_fn(updates, state, params=None, *, moments: Moments | None = None, **extra):
         del params, extra
-        moments = require_moments("fo.rms_normalize", moments, need_mu=False, need_nu=True)
+        moments = require_moments("fo.rms_normalize", moments, need_mu=centered, need_nu=True)
         nu = moments.nu
         if bias_correction:
             nu = otu.bias_correction(nu, moments.b2, moments.count)
+        if centered:
+            mu = moments.mu
+            if bias_correction:
+                mu = otu.bias_correction(mu, moments.b1, moments.count)
+            # optax.scale_by_stddev's variance: v - |m|^2 (abs_sq keeps it real).
+            nu = jax.tree.map(lambda n, m: n - (jnp.conj(m) * m).real, nu, mu)
         if eps_in_sqrt:
             scaling = jax.tree.map(lambda n: jax.lax.rsqrt(n + eps), nu)
         else:
@@ -164,6 +178,7 @@ def momentum_output(*, nesterov: bool = False) -> optax.GradientTransformationEx
       Sutskever et al., "On the importance of initialization and momentum in deep
       learning", ICML 2013.
     """
+    _validation.check_bool("nesterov", nesterov)
 
     def update_fn(updates, state, params=None, *, moments: Moments | None = None, **extra):
         del params, extra

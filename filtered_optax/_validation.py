@@ -16,7 +16,13 @@ import numpy as np
 
 
 def concrete_float(value: Any) -> float | None:
-    """Returns ``value`` as a Python float, or None when it is traced or not a scalar."""
+    """Returns ``value`` as a Python float, or None when it is traced or not a scalar.
+
+    A complex scalar with a zero imaginary part (``optax.inject_hyperparams`` casts
+    hyperparameters to the parameters' dtype, complex for complex parameters) gives its
+    real part; one with a non-zero imaginary part gives None (:func:`check_scalar`
+    rejects it).
+    """
     if isinstance(value, jax.core.Tracer) or callable(value):
         return None
     try:
@@ -25,7 +31,83 @@ def concrete_float(value: Any) -> float | None:
         return None
     if array.shape != () or not np.issubdtype(array.dtype, np.number):
         return None
+    if np.iscomplexobj(array):
+        return float(array.real) if array.imag == 0 else None
     return float(array)
+
+
+_SCALAR = "a real number (a Python int or float, a NumPy or JAX scalar, or a 0-d array)"
+
+
+def _scalar_problem(value: Any) -> str | None:
+    """Why ``value`` is not a real scalar hyperparameter, or None when it is one."""
+    if isinstance(value, (bool, np.bool_)):
+        return f"got the bool {value!r}"
+    if isinstance(value, (int, float)):
+        return None
+    if isinstance(value, complex):
+        return None if value.imag == 0 else f"got the complex number {value!r}"
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or dtype is None:
+        return f"got {type(value).__name__} {value!r}"
+    if tuple(shape) != ():
+        return f"got an array of shape {tuple(shape)}"
+    if not np.issubdtype(np.dtype(dtype), np.number):
+        return f"got a 0-d array of dtype {np.dtype(dtype).name}"
+    if np.iscomplexobj(np.empty((), dtype)) and not isinstance(value, jax.core.Tracer):
+        if np.asarray(value).imag != 0:
+            return f"got the complex value {value!r} (a non-zero imaginary part)"
+    return None
+
+
+def check_scalar(
+    name: str,
+    value: Any,
+    *,
+    schedule: bool = False,
+    optional: bool = False,
+    hint: str = "",
+) -> None:
+    """Raises ``TypeError`` unless ``value`` is a real scalar hyperparameter.
+
+    Accepted: Python ints and floats, NumPy and JAX scalars and 0-d arrays of a numeric
+    (non-bool) dtype, tracers of shape () (``jax.jit``, ``optax.inject_hyperparams``),
+    complex values with a zero imaginary part (``inject_hyperparams`` casts to complex
+    parameters' dtype); also a schedule (a callable of the step count) when ``schedule``
+    and None when ``optional``. Everything else - strings, lists, arrays of another
+    shape, bools - fails here, at construction, rather than later inside a traced step.
+
+    Args:
+      name: the argument's name, quoted in the error.
+      value: the value given.
+      schedule: a callable is allowed (a learning-rate schedule).
+      optional: None is allowed.
+      hint: a clause appended to the error (e.g. how to turn a feature off).
+    """
+    allowed = _SCALAR + (", or a schedule (a callable of the step count)" if schedule else "")
+    allowed += ", or None" if optional else ""
+    if value is None:
+        if optional:
+            return
+        problem = "got None"
+    elif callable(value) and not hasattr(value, "dtype"):
+        if schedule:
+            return
+        problem = (
+            f"got the callable {getattr(value, '__name__', type(value).__name__)}; to "
+            f"schedule {name}, wrap the optimizer: optax.inject_hyperparams(factory)"
+            f"({name}=schedule)"
+        )
+    else:
+        problem = _scalar_problem(value)
+    if problem is not None:
+        raise TypeError(f"{name} must be {allowed}; {problem}{'; ' + hint if hint else ''}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raises ``TypeError`` unless ``value`` is a bool (a switch, never traced)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {type(value).__name__} {value!r}.")
 
 
 def check_range(
@@ -36,15 +118,21 @@ def check_range(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
+    schedule: bool = False,
+    hint: str = "",
 ) -> None:
-    """Raises ``ValueError`` when a concrete ``value`` lies outside the given interval.
+    """Raises ``TypeError`` for a value that is not a real scalar (see
+    :func:`check_scalar`) and ``ValueError`` when a concrete one lies outside the interval.
 
     Args:
       name: the argument's name, quoted in the error.
-      value: the value given; traced values and schedules are not checked.
+      value: the value given; traced values and schedules are not range-checked.
       low, high: the bounds (None = unbounded).
       low_open, high_open: whether each bound is excluded.
+      schedule: a schedule (a callable of the step count) is allowed.
+      hint: appended to the ``TypeError`` (e.g. how to turn a feature off).
     """
+    check_scalar(name, value, schedule=schedule, hint=hint)
     x = concrete_float(value)
     if x is None:
         return
@@ -63,12 +151,14 @@ def check_decay(name: str, value: Any) -> None:
     check_range(name, value, low=0.0, high=1.0, high_open=True)
 
 
-def check_non_negative(name: str, value: Any) -> None:
-    check_range(name, value, low=0.0)
+def check_non_negative(name: str, value: Any, *, schedule: bool = False) -> None:
+    """A real scalar >= 0 (or, with ``schedule``, a schedule)."""
+    check_range(name, value, low=0.0, schedule=schedule)
 
 
 def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
     """A constant learning rate must be finite and >= 0; schedules are not checked."""
+    check_scalar(name, value, schedule=True)
     x = concrete_float(value)
     if x is not None and not (math.isfinite(x) and x >= 0.0):
         raise ValueError(
@@ -78,32 +168,32 @@ def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
 
 
 def check_non_negative_int(name: str, value: Any) -> None:
-    """Raises ``ValueError`` unless a concrete ``value`` is a finite integer >= 0."""
+    """Raises ``ValueError`` unless a concrete ``value`` is a finite integer >= 0
+    (``TypeError`` when it is not a real scalar at all)."""
+    check_scalar(name, value)
     x = concrete_float(value)
     if x is not None and (not math.isfinite(x) or x < 0 or x != int(x)):
         raise ValueError(f"{name} must be an integer >= 0; got {name}={value!r}.")
 
 
-def check_float_dtype(name: str, value: Any) -> Any:
+def check_float_dtype(name: str, value: Any, *, allow_complex: bool = False) -> Any:
     """Returns the canonical floating dtype ``value`` names (None stays None).
 
-    Raises ``ValueError`` for anything that is not a floating dtype: an integer storage
-    dtype would silently truncate the moment it stores.
+    Raises ``ValueError`` for anything that is not a floating dtype (or, with
+    ``allow_complex``, a complex one, as optax allows for a first moment): an integer
+    storage dtype would silently truncate the moment it stores.
     """
     if value is None:
         return None
+    kinds = "a floating dtype such as jnp.float32 or jnp.bfloat16"
+    kinds += " (or a complex dtype such as jnp.complex64)" if allow_complex else ""
+    message = f"{name} must be {kinds}, or None; got {name}={value!r}."
     try:
         dtype = jax.dtypes.canonicalize_dtype(value)
     except TypeError as err:
-        raise ValueError(
-            f"{name} must be a floating dtype such as jnp.float32 or jnp.bfloat16, or None; "
-            f"got {name}={value!r}."
-        ) from err
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(
-            f"{name} must be a floating dtype such as jnp.float32 or jnp.bfloat16, or None; "
-            f"got {name}={value!r}."
-        )
+        raise ValueError(message) from err
+    if not jnp.issubdtype(dtype, jnp.inexact if allow_complex else jnp.floating):
+        raise ValueError(message)
     return dtype
 
 

@@ -80,6 +80,17 @@ TABLE = {
         optax.rmsprop(1e-2, momentum=0.9, nesterov=True, eps_in_sqrt=False, bias_correction=True),
     ),
     "adabelief": (fo.adabelief(1e-2), optax.adabelief(1e-2)),
+    "rmsprop_centered": (
+        fo.rmsprop(1e-2, decay=0.95, centered=True), optax.rmsprop(1e-2, decay=0.95, centered=True)
+    ),
+    "rmsprop_centered_momentum": (
+        fo.rmsprop(1e-2, centered=True, momentum=0.9, eps_in_sqrt=False, bias_correction=True),
+        optax.rmsprop(1e-2, centered=True, momentum=0.9, eps_in_sqrt=False, bias_correction=True),
+    ),
+    "sgd_momentum_bf16_accumulator": (
+        fo.sgd(3e-2, 0.9, accumulator_dtype=jnp.bfloat16),
+        optax.sgd(3e-2, 0.9, accumulator_dtype=jnp.bfloat16),
+    ),
 }
 
 
