@@ -107,7 +107,9 @@ def check_split(split: Any, name: str = "ns_split_axes") -> Split:
     """Validates a split setting before any mesh is known; returns it with lists as tuples.
 
     Allowed: ``"auto"``, None, or a tuple (or list) of distinct, non-empty mesh axis names.
-    Whether the names exist is checked against the mesh by :func:`split_axes`.
+    Whether the names exist is checked against the mesh by :func:`split_axes`. This is the
+    validation of ``fo.muon(..., ns_split_axes=...)`` (README, "Multiple devices and multiple
+    hosts").
 
     Raises:
         ValueError: anything else, naming ``name``.

@@ -22,7 +22,8 @@ step). Everything here is a pure function of arrays; leading dimensions are batc
 so same-shape matrices can be stacked and orthogonalized in one call.
 
 Muon's update of a whole tree goes through one function, :func:`orthogonalize_tree`: it views
-each leaf as matrices, groups same-shape matrices into batched calls, handles explicit
+each leaf as matrices, groups same-shape matrices into batched calls, spreads them over the
+devices of a mesh (distributed Newton–Schulz, :mod:`._ns_split`), handles explicit
 sharding, and multiplies each result by its update scale (:func:`update_scale`, the one
 function that also gives :func:`filtered_optax.routing_table` its scale column).
 
