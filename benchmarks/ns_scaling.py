@@ -10,12 +10,16 @@ matrix axis over all devices), it orthogonalizes
   the two MLP matrices per layer; tall matrices transposed to wide so that same-shape ones
   share one stack),
 
-with :func:`filtered_optax._ns_split.orthogonalize_stack`, and reports from the compiled
-program: the per-device FLOPs of XLA's cost analysis (and their ratio to N = 1), the bytes moved
-by collectives (the sum of operand sizes of all-gather / all-reduce / all-to-all /
-collective-permute / reduce-scatter in the compiled HLO, per device), and the largest absolute
-difference to the single-device result. Target: per-device FLOPs at most ``1/N`` of one
-device's plus padding (<= 0.30 at N = 8 for eight equal matrices), differences <= 1e-5.
+in two ways: ``stack`` — the same-shape stacks built by hand and passed to
+:func:`filtered_optax._ns_split.orthogonalize_stack`; ``fo.muon update`` — the whole jitted
+``fo.muon(1e-3).update`` on the parameter tree (momentum, Newton–Schulz split by its default
+``ns_split_axes="auto"``, scaling, AdamW side), on ``jax.make_mesh``'s Explicit mesh. It
+reports from the compiled program: the per-device FLOPs of XLA's cost analysis (and their
+ratio to N = 1), the bytes moved by collectives (the sum of operand sizes of all-gather /
+all-reduce / all-to-all / collective-permute / reduce-scatter in the compiled HLO, per
+device), and the largest absolute difference to the single-device result. Target: per-device
+FLOPs at most ``1/N`` of one device's plus padding (<= 0.30 at N = 8 for eight equal
+matrices), differences <= 1e-5.
 """
 
 from __future__ import annotations
@@ -162,7 +166,54 @@ def _worker_case(name: str, shapes: dict, layout: str) -> dict[str, Any]:
     diff = max(float(np.max(np.abs(np.asarray(o) - r))) for o, r in zip(out, ref))
     kept = all(o.sharding.is_equivalent_to(s.sharding, 3) for o, s in zip(out, stacks))
     hlo = compiled.as_text()
-    return {"case": name, "layout": layout, "devices": n_dev,
+    return {"case": name, "layout": layout, "via": "stack", "devices": n_dev,
+            "flops_per_device": compiled_flops(compiled),
+            "collective_bytes": sum(collective_bytes(hlo).values()),
+            "max_abs_diff": diff, "sharding_kept": kept}
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"a/b": x}`` -> ``{"a": {"b": x}}`` (Muon routes by path names)."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return tree
+
+
+def _worker_muon_case(name: str, shapes: dict, layout: str) -> dict[str, Any]:
+    """The whole jitted ``fo.muon(...).update`` on all visible devices (worker side).
+
+    Parameters and gradients are replicated or FSDP-sharded (first matrix axis over all
+    devices); Newton-Schulz is split over the mesh by ``ns_split_axes="auto"``.
+    """
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import filtered_optax as fo
+
+    n_dev = jax.device_count()
+    mesh = jax.make_mesh((n_dev,), ("fsdp" if layout == "fsdp" else "data",))
+    sharding = NamedSharding(mesh, P("fsdp", None) if layout == "fsdp" else P())
+    rng = np.random.default_rng(0)
+    params, grads = (_nested({k: rng.standard_normal(s).astype(np.float32)
+                              for k, s in shapes.items()}) for _ in range(2))
+    tx = fo.muon(1e-3)
+    ref = jax.jit(tx.update)(grads, tx.init(params), params)[0]
+    p, g = jax.device_put((params, grads), sharding)
+    state = jax.jit(tx.init, out_shardings=fo.state_shardings(tx, p))(p)
+    compiled = jax.jit(tx.update).lower(g, state, p).compile()
+    out = compiled(g, state, p)[0]
+    diff = max(float(np.max(np.abs(np.asarray(o) - np.asarray(r))))
+               for o, r in zip(jax.tree.leaves(out), jax.tree.leaves(ref), strict=True))
+    kept = all(o.sharding.is_equivalent_to(sharding, 2) for o in jax.tree.leaves(out))
+    hlo = compiled.as_text()
+    return {"case": name, "layout": layout, "via": "fo.muon update", "devices": n_dev,
             "flops_per_device": compiled_flops(compiled),
             "collective_bytes": sum(collective_bytes(hlo).values()),
             "max_abs_diff": diff, "sharding_kept": kept}
@@ -195,20 +246,23 @@ def measure(quick: bool = True, device_counts: tuple[int, ...] = DEVICE_COUNTS) 
     bytes per device, the largest difference to one device, and whether the result kept the
     parameters' sharding."""
     rows = [r for n in device_counts for r in _run_worker(n, quick)]
-    base = {(r["case"], r["layout"]): r["flops_per_device"] for r in rows if r["devices"] == 1}
+    base = {(r["case"], r["layout"], r["via"]): r["flops_per_device"] for r in rows
+            if r["devices"] == 1}
     for r in rows:
-        one = base.get((r["case"], r["layout"]))
+        one = base.get((r["case"], r["layout"], r["via"]))
         r["flops_ratio"] = r["flops_per_device"] / one if one else float("nan")
     return rows
 
 
 def to_markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table, with the N = 8 target verdict for eight equal matrices."""
-    lines = ["| case | layout | N | GFLOP / device | ratio to N=1 | 1/N | collective MiB / device"
-             " | max abs diff | sharding kept |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["case"], r["layout"], r["devices"])):
+    lines = ["| case | layout | measured | N | GFLOP / device | ratio to N=1 | 1/N "
+             "| collective MiB / device | max abs diff | sharding kept |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["case"], r["layout"], r["via"], r["devices"])):
         lines.append(
-            f"| {r['case']} | {r['layout']} | {r['devices']} | {r['flops_per_device'] / 1e9:.3f}"
+            f"| {r['case']} | {r['layout']} | {r['via']} | {r['devices']}"
+            f" | {r['flops_per_device'] / 1e9:.3f}"
             f" | {r['flops_ratio']:.3f} | {1 / r['devices']:.3f}"
             f" | {r['collective_bytes'] / 2**20:.2f} | {r['max_abs_diff']:.1e}"
             f" | {'yes' if r['sharding_kept'] else 'no'} |")
@@ -226,14 +280,19 @@ def to_markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 x 256² instead of 8 x 1024²")
+    parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         for name, shapes in _cases(args.quick).items():
             for layout in LAYOUTS:
                 print(json.dumps(_worker_case(name, shapes, layout)), flush=True)
+                print(json.dumps(_worker_muon_case(name, shapes, layout)), flush=True)
         return
-    print(to_markdown(measure(args.quick)))
+    rows = measure(args.quick)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    print(to_markdown(rows))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from filtered_optax import _record, _validation
 from filtered_optax._alias import adamw, with_learning_rate
 from filtered_optax._filters import identity_filter, kalman_filter
 from filtered_optax._moments import ema_momentum, with_moments
+from filtered_optax._ns_split import Split, check_split
 from filtered_optax._orthogonal import (
     MOONSHOT_RMS,
     SCALES,
@@ -100,6 +101,7 @@ def orthogonal_update(
     stacked: Sequence[str] = (),
     per_head: bool = False,
     batch_same_shape: bool | None = None,
+    ns_split_axes: Split = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Muon's scale stage: Nesterov mix of the momentum, Newton–Schulz, shape scaling.
 
@@ -110,12 +112,13 @@ def orthogonal_update(
     with :math:`M_t` and :math:`\beta` read from ``moments=`` (``mu`` and ``b1``), which
     :func:`filtered_optax.with_moments` supplies. Each leaf is viewed as matrices (see
     ``dimension_numbers``) and the whole tree is orthogonalized by one call that groups
-    same-shape matrices and handles explicit sharding
-    (:func:`~filtered_optax._orthogonal.orthogonalize_tree`).
+    same-shape matrices, spreads them over the mesh (``ns_split_axes``) and handles explicit
+    sharding (:func:`~filtered_optax._orthogonal.orthogonalize_tree`).
 
     Args:
       nesterov, bias_correction, coefficients, ns_steps, eps, compute_dtype, scale, rms,
-        dimension_numbers, stacked, per_head, batch_same_shape: as in :func:`scale_by_muon`.
+        dimension_numbers, stacked, per_head, batch_same_shape, ns_split_axes: as in
+        :func:`scale_by_muon`.
 
     Returns:
       A scale stage for :func:`filtered_optax.with_moments`, holding no state; its updates
@@ -134,6 +137,7 @@ def orthogonal_update(
     _check_scale(scale)
     compute_dtype = _validation.check_float_dtype("compute_dtype", compute_dtype)
     resolve_coefficients(coefficients, ns_steps)  # validates coefficients and ns_steps
+    ns_split_axes = check_split(ns_split_axes)
     ns = dict(coefficients=coefficients, ns_steps=ns_steps, eps=eps, compute_dtype=compute_dtype)
 
     def init_fn(params: Any) -> optax.EmptyState:
@@ -156,7 +160,8 @@ def orthogonal_update(
         )
         specs = stage_specs(u, dimension_numbers, stacked=stacked, per_head=per_head)
         batch = jax.default_backend() != "cpu" if batch_same_shape is None else batch_same_shape
-        o = orthogonalize_tree(u, specs, scale=scale, rms=rms, batch=batch, **ns)
+        o = orthogonalize_tree(u, specs, scale=scale, rms=rms, batch=batch, split=ns_split_axes,
+                               **ns)
         return jax.tree.map(lambda x, g: x.astype(g.dtype), o, updates), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -204,6 +209,7 @@ def scale_by_muon(
     stacked: Sequence[str] = (),
     per_head: bool = False,
     batch_same_shape: bool | None = None,
+    ns_split_axes: Split = "auto",
     filter_gamma: float | None = None,
     filter_eta: float = 1.0,
     filter_b2: float = 0.999,
@@ -236,7 +242,8 @@ def scale_by_muon(
     Every leaf it sees must have a matrix view (route other params elsewhere, see
     :func:`muon`). Same-shape plain matrices are stacked and orthogonalized in one batched
     call; declared stacks (``stacked``) are orthogonalized per matrix in their own call, so a
-    stack sharded along its stack axis needs no communication.
+    stack sharded along its stack axis needs no communication. On a mesh of more than one
+    device each device orthogonalizes only its share of the matrices (``ns_split_axes``).
 
     Optional spike filter (``filter_gamma`` not None): the robust Kalman filter of
     filtered Adam (README, "The filter"; :func:`filtered_optax.kalman_filter`) runs on
@@ -271,6 +278,16 @@ def scale_by_muon(
         batches on accelerators and not on CPU, where XLA runs a batched matmul slower than
         the same matmuls one by one (measured 1.65x vs 1.80x optax.contrib.muon's speed on
         8 x 1024², benchmarks/results/perf.md).
+      ns_split_axes: distributed Newton–Schulz (README, "Multiple devices and multiple
+        hosts"). When the parameters live on a mesh of more than one device, same-shape
+        matrices are stacked, the stack axis spread over these mesh axes (padded with zero
+        matrices) so each device orthogonalizes ``⌈n/N⌉`` of ``n`` matrices, and the results
+        moved back to the parameters' sharding. ``"auto"`` (default) takes every mesh axis
+        of size > 1, those already sharding a declared stack first; a tuple of axis names
+        overrides; None turns it off (each device then orthogonalizes every matrix it needs
+        whole). A no-op on one device. The mesh is read from the arrays (their own sharding
+        outside ``jit`` and on Explicit meshes; on an Auto mesh under ``jit`` only the mesh
+        is visible, so the stack goes straight to its split layout and XLA places the results).
       filter_gamma: spike threshold (RMS units) of the optional filter; None = no filter.
       filter_eta, filter_b2, filter_warmup, filter_kappa: the filter's other settings
         (``eta``, the decay of its second moment, ``warmup`` and ``kappa`` of
@@ -314,6 +331,7 @@ def scale_by_muon(
             stacked=stacked,
             per_head=per_head,
             batch_same_shape=batch_same_shape,
+            ns_split_axes=ns_split_axes,
         ),
         mu_dtype=mu_dtype,
     )
@@ -350,6 +368,7 @@ def muon(
     head_names: Sequence[str] = HEAD_NAMES,
     embed_names: Sequence[str] = EMBED_NAMES,
     batch_same_shape: bool | None = None,
+    ns_split_axes: Split = "auto",
     stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Muon for hidden matrices, AdamW for everything else (Moonshot's recipe by default).
@@ -386,7 +405,7 @@ def muon(
         front of the momentum; None = off.
       filter_eta, filter_b2, filter_warmup, filter_kappa: see :func:`scale_by_muon`.
       nesterov, bias_correction, coefficients, scale, compute_dtype, mu_dtype,
-        batch_same_shape: see :func:`scale_by_muon`.
+        batch_same_shape, ns_split_axes: see :func:`scale_by_muon`.
       labels, stacked, per_head, head_names, embed_names: routing, the fields of
         :class:`filtered_optax.Routing` (see :func:`filtered_optax.muon_labels`).
       stats: keep the Muon filter's spike fraction and mean gain in the state (read them
@@ -445,6 +464,7 @@ def muon(
         mu_dtype=mu_dtype,
         dimension_numbers=route,
         batch_same_shape=batch_same_shape,
+        ns_split_axes=ns_split_axes,
         filter_gamma=filter_gamma,
         filter_eta=filter_eta,
         filter_b2=filter_b2,

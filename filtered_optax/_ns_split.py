@@ -42,8 +42,6 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from filtered_optax._orthogonal import newton_schulz
-
 Split = str | tuple[str, ...] | None
 
 
@@ -105,7 +103,31 @@ def stack_layout(
     return StackLayout(mesh, spec, explicit)
 
 
-def split_axes(layout: StackLayout, split: Split = "auto") -> tuple[str, ...]:
+def check_split(split: Any, name: str = "ns_split_axes") -> Split:
+    """Validates a split setting before any mesh is known; returns it with lists as tuples.
+
+    Allowed: ``"auto"``, None, or a tuple (or list) of distinct, non-empty mesh axis names.
+    Whether the names exist is checked against the mesh by :func:`split_axes`. This is the
+    validation of ``fo.muon(..., ns_split_axes=...)`` (README, "Multiple devices and multiple
+    hosts").
+
+    Raises:
+        ValueError: anything else, naming ``name``.
+    """
+    if split is None or (isinstance(split, str) and split == "auto"):
+        return split
+    if isinstance(split, (tuple, list)) and all(isinstance(a, str) and a for a in split):
+        if len(set(split)) == len(split):
+            return tuple(split)
+    raise ValueError(
+        f"{name} must be 'auto', None or a tuple of distinct mesh axis names; "
+        f"got {name}={split!r}."
+    )
+
+
+def split_axes(
+    layout: StackLayout, split: Split = "auto", name: str = "split"
+) -> tuple[str, ...]:
     """The ordered mesh axes the stack axis is spread over.
 
     ``"auto"`` takes every mesh axis of size > 1 in the order: axes sharding the stack axis,
@@ -115,6 +137,7 @@ def split_axes(layout: StackLayout, split: Split = "auto") -> tuple[str, ...]:
     Args:
         layout: from :func:`stack_layout`.
         split: ``"auto"``, a tuple of mesh axis names, or None (no split).
+        name: the argument's name in error messages.
 
     Returns:
         The axis names; ``()`` when ``split`` is None.
@@ -128,8 +151,8 @@ def split_axes(layout: StackLayout, split: Split = "auto") -> tuple[str, ...]:
     if isinstance(split, str):
         if split != "auto":
             raise ValueError(
-                f"split must be 'auto', None or a tuple of mesh axis names from {names}; "
-                f"got split={split!r}."
+                f"{name} must be 'auto', None or a tuple of mesh axis names from {names}; "
+                f"got {name}={split!r}."
             )
         spec = layout.spec or (None,)
         stack = _entry_axes(spec[0])
@@ -141,13 +164,17 @@ def split_axes(layout: StackLayout, split: Split = "auto") -> tuple[str, ...]:
     bad = [a for a in axes if a not in names]
     if bad or len(set(axes)) != len(axes):
         raise ValueError(
-            f"split must name distinct mesh axes from {names}; got split={split!r}."
+            f"{name} must name distinct mesh axes from {names}; got {name}={split!r}."
         )
     return axes
 
 
-def _constrain(x: jax.Array, layout: StackLayout, spec: tuple[Any, ...]) -> jax.Array:
-    """Moves ``x`` to ``spec`` on the layout's mesh: ``reshard`` (Explicit) or a constraint."""
+def constrain(x: jax.Array, layout: StackLayout, spec: tuple[Any, ...]) -> jax.Array:
+    """Moves ``x`` to ``spec`` on the layout's mesh: ``reshard`` (Explicit) or a constraint.
+
+    The value is unchanged (``constrain(x) == x``); only where its shards live changes, and
+    XLA's SPMD partitioner inserts the collectives (JAX, "Explicit sharding").
+    """
     sharding = NamedSharding(layout.mesh, PartitionSpec(*spec))
     if layout.explicit:
         return jax.sharding.reshard(x, sharding)
@@ -179,12 +206,13 @@ def _pad_rows(x: jax.Array, multiple: int) -> jax.Array:
     extra = -x.shape[0] % multiple
     if not extra:
         return x
-    return jnp.concatenate([x, jnp.zeros((extra, *x.shape[1:]), x.dtype)], axis=0)
+    # jnp.pad keeps x's sharding (concatenating fresh zeros would not on an Explicit mesh).
+    return jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1))
 
 
 def orthogonalize_stack(
     stack: jax.Array,
-    orthogonalize_fn: Callable[[jax.Array], jax.Array] = newton_schulz,
+    orthogonalize_fn: Callable[[jax.Array], jax.Array],
     *,
     split: Split = "auto",
     out_sharding: NamedSharding | None = None,
@@ -218,8 +246,9 @@ def orthogonalize_stack(
 
     Example:
         >>> import jax
+        >>> from filtered_optax._orthogonal import newton_schulz
         >>> s = jax.random.normal(jax.random.key(0), (4, 8, 16))
-        >>> orthogonalize_stack(s).shape
+        >>> orthogonalize_stack(s, newton_schulz).shape
         (4, 8, 16)
 
     References:
@@ -246,12 +275,12 @@ def orthogonalize_stack(
                                     for group in (axes, back_axes))))
     route = _route(layout, axes)
     for spec in route:
-        x = _constrain(x, layout, spec)
+        x = constrain(x, layout, spec)
     x = orthogonalize_fn(x)
     for spec in reversed(route[:-1]):
-        x = _constrain(x, layout, spec)
+        x = constrain(x, layout, spec)
     if back is not None:
         # Padded rows are dropped after the move back: on an Explicit mesh a slice must not
         # cut a sharded axis unevenly.
-        x = _constrain(x, layout, _padded_spec(back, 3))
+        x = constrain(x, layout, _padded_spec(back, 3))
     return jax.lax.slice_in_dim(x, 0, n, axis=0)

@@ -22,7 +22,8 @@ step). Everything here is a pure function of arrays; leading dimensions are batc
 so same-shape matrices can be stacked and orthogonalized in one call.
 
 Muon's update of a whole tree goes through one function, :func:`orthogonalize_tree`: it views
-each leaf as matrices, groups same-shape matrices into batched calls, handles explicit
+each leaf as matrices, groups same-shape matrices into batched calls, spreads them over the
+devices of a mesh (distributed Newton–Schulz, :mod:`._ns_split`), handles explicit
 sharding, and multiplies each result by its update scale (:func:`update_scale`, the one
 function that also gives :func:`filtered_optax.routing_table` its scale column).
 
@@ -36,13 +37,21 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from filtered_optax._ns_split import (
+    Split,
+    StackLayout,
+    constrain,
+    orthogonalize_stack,
+    split_axes,
+    stack_layout,
+)
 from filtered_optax._types import Coefficients
 
 # Keller Jordan's quintic: chosen to maximise p'(0) = a while keeping p(σ) within roughly
@@ -461,6 +470,128 @@ def _reshard(x: jax.Array, mesh: Any, spec: Sequence[Any]) -> jax.Array:
     return jax.sharding.reshard(x, sharding)
 
 
+class _Piece(NamedTuple):
+    """One leaf as a stack ``(k, short, long)`` of matrices, and how to turn results back."""
+
+    index: int
+    stack: jax.Array
+    unstack: Callable[[jax.Array], jax.Array]
+
+
+def _split_layout(x: jax.Array, spec: Any) -> StackLayout | None:
+    """The leaf's layout when it can join a split (a mesh of > 1 devices, <= 1 batch axis)."""
+    layout = stack_layout(x)
+    batch_axes = x.ndim - len(spec.reduction_axes) - len(spec.output_axes)
+    if layout is None or layout.mesh.size < 2 or batch_axes > 1:
+        return None
+    return layout
+
+
+def _piece(index: int, x: jax.Array, spec: Any, layout: StackLayout, post: Any) -> _Piece:
+    """Views leaf ``x`` as a stack of short-side-first matrices; ``unstack`` inverts it.
+
+    ``unstack`` applies ``post`` (the update scale) to the ``(k, fan_in, fan_out)`` matrices
+    and restores the leaf's own sharding where it is known. On an Explicit mesh a view that
+    merges several axes into one matrix side gathers the matrix axes first (a reshape may not
+    merge sharded axes), as :func:`orthogonalize_tree` does without a split.
+    """
+    if layout.explicit and (len(spec.reduction_axes) > 1 or len(spec.output_axes) > 1):
+        matrix_axes = set(spec.reduction_axes) | set(spec.output_axes)
+        gathered = [None if a in matrix_axes else p for a, p in enumerate(layout.spec)]
+        x = constrain(x, layout, tuple(gathered))
+    to_matrix, from_matrix = matrix_view(x.shape, spec.reduction_axes, spec.output_axes)
+    mat = to_matrix(x)
+    batch_shape, (rows, cols) = mat.shape[:-2], mat.shape[-2:]
+    tall = rows > cols  # stacked short side first, so a tall matrix joins its wide transpose
+    stack = mat.reshape((-1, rows, cols))
+    stack = jnp.swapaxes(stack, -1, -2) if tall else stack
+
+    def unstack(out: jax.Array) -> jax.Array:
+        out = post(jnp.swapaxes(out, -1, -2) if tall else out)
+        leaf = from_matrix(out.reshape(batch_shape + out.shape[-2:]))
+        return leaf if layout.spec is None else constrain(leaf, layout, layout.spec)
+
+    return _Piece(index, stack, unstack)
+
+
+def _split_group(pieces: list[_Piece], orth: Any, split: Split) -> list[jax.Array] | None:
+    """Orthogonalizes a group of same-shape stacks spread over the mesh; None: not worth it.
+
+    The stacks are concatenated (on an Explicit mesh first moved to the first one's matrix
+    sharding) and handed to :func:`~filtered_optax._ns_split.orthogonalize_stack`. A group of
+    one matrix, or split axes of one device in all, is left to the unsplit path.
+    """
+    stacks = [p.stack for p in pieces]
+    if len(stacks) > 1:
+        first = stack_layout(stacks[0])
+        if first is not None and first.spec is not None:
+            common = (None, *first.spec[1:])
+            stacks = [constrain(s, first, common) for s in stacks]
+        stack = jnp.concatenate(stacks, axis=0)
+    else:
+        stack = stacks[0]
+    layout = stack_layout(stack)
+    if layout is None or stack.shape[0] < 2:
+        return None
+    axes = split_axes(layout, split, name="ns_split_axes")
+    if math.prod(layout.mesh.shape[a] for a in axes) < 2:
+        return None
+    out = orthogonalize_stack(stack, orth, split=axes)
+    if len(pieces) == 1:
+        return [pieces[0].unstack(out)]
+    ends = np.cumsum([s.shape[0] for s in stacks])
+    return [p.unstack(out[e - p.stack.shape[0] : e]) for p, e in zip(pieces, ends, strict=True)]
+
+
+def _split_leaves(
+    leaves: list[Any], spec_leaves: list[Any], orth: Any, post: Any, split: Split
+) -> dict[int, jax.Array]:
+    """Results of every leaf the distributed Newton–Schulz handles, by leaf index."""
+    groups: dict[tuple[Any, ...], list[_Piece]] = {}
+    for i, (x, spec) in enumerate(zip(leaves, spec_leaves, strict=True)):
+        layout = _split_layout(x, spec)
+        if layout is not None:
+            piece = _piece(i, x, spec, layout, post)
+            groups.setdefault((*piece.stack.shape[1:], piece.stack.dtype), []).append(piece)
+    done: dict[int, jax.Array] = {}
+    for pieces in groups.values():
+        results = _split_group(pieces, orth, split)
+        if results is not None:
+            done.update((p.index, r) for p, r in zip(pieces, results, strict=True))
+    return done
+
+
+def _local_leaves(
+    leaves: list[Any], spec_leaves: list[Any], orth: Any, post: Any, batch: bool
+) -> dict[int, jax.Array]:
+    """Every leaf orthogonalized without a split, by index (None leaves are skipped)."""
+    out: dict[int, jax.Array] = {}
+    groups: dict[tuple[int, ...], list[tuple[int, jax.Array, Any]]] = {}
+    restore: dict[int, Any] = {}
+    for i, (x, spec) in enumerate(zip(leaves, spec_leaves, strict=True)):
+        if x is None:
+            continue
+        explicit = _explicit_sharding(x)
+        if explicit is not None:
+            mesh, pspec = explicit
+            matrix_axes = set(spec.reduction_axes) | set(spec.output_axes)
+            x = _reshard(x, mesh, [None if a in matrix_axes else p for a, p in enumerate(pspec)])
+            restore[i] = explicit
+        to_matrix, from_matrix = matrix_view(x.shape, spec.reduction_axes, spec.output_axes)
+        mat = to_matrix(x)
+        key = mat.shape if batch and mat.ndim == 2 else (i, -1)  # -1: never batched
+        groups.setdefault(key, []).append((i, mat, from_matrix))
+    for members in groups.values():
+        mats = [m for _, m, _ in members]
+        if len(members) == 1:
+            done = [post(orth(mats[0]))]
+        else:
+            done = post(orth(jnp.stack(mats)))
+        for k, (i, _, from_matrix) in enumerate(members):
+            out[i] = from_matrix(done[k])
+    return {i: o if i not in restore else _reshard(o, *restore[i]) for i, o in out.items()}
+
+
 def orthogonalize_tree(
     tree: Any,
     specs: Any,
@@ -468,6 +599,7 @@ def orthogonalize_tree(
     scale: Any = "moonshot",
     rms: Any = MOONSHOT_RMS,
     batch: bool = False,
+    split: Split = None,
     **ns_kwargs: Any,
 ) -> Any:
     r"""Orthogonalizes every leaf of ``tree`` through its matrix view, then scales it.
@@ -480,11 +612,22 @@ def orthogonalize_tree(
     each device orthogonalizes whole matrices) and its own sharding is restored after,
     so a stack sharded along its stack axis needs no communication.
 
+    With ``split`` (not None) and leaves on a mesh of more than one device, same-shape
+    matrices (a tall one transposed to join its wide twins, a declared stack contributing
+    each of its matrices) are concatenated into one stack whose stack axis is spread over the
+    mesh axes ``split`` names (``"auto"``: chosen from the leaves' shardings), so each device
+    orthogonalizes only its own ``⌈n/N⌉`` matrices
+    (:func:`~filtered_optax._ns_split.orthogonalize_stack`); results go back to each leaf's
+    sharding where it is known (always on an Explicit mesh; on an Auto mesh under ``jit`` XLA
+    places them). A group of a single matrix, a leaf with more than one batch axis and
+    leaves on one device take the unsplit path above, unchanged.
+
     Args:
       tree: a pytree of arrays.
       specs: a pytree with ``tree``'s structure whose leaves are :class:`MatrixSpec`.
       scale, rms: the update scale, see :func:`update_scale`.
-      batch: stack same-shape plain matrices into one call.
+      batch: stack same-shape plain matrices into one call (unsplit path).
+      split: ``"auto"``, a tuple of mesh axis names, or None (no split).
       **ns_kwargs: forwarded to :func:`newton_schulz`.
 
     Returns:
@@ -502,27 +645,14 @@ def orthogonalize_tree(
     """
     leaves, treedef = jax.tree.flatten(tree)
     spec_leaves = treedef.flatten_up_to(specs)
-    out: list[Any] = [None] * len(leaves)
-    groups: dict[tuple[int, ...], list[tuple[int, jax.Array, Any]]] = {}
-    restore: list[Any] = [None] * len(leaves)
-    for i, (x, spec) in enumerate(zip(leaves, spec_leaves, strict=True)):
-        explicit = _explicit_sharding(x)
-        if explicit is not None:
-            mesh, pspec = explicit
-            matrix_axes = set(spec.reduction_axes) | set(spec.output_axes)
-            x = _reshard(x, mesh, [None if a in matrix_axes else p for a, p in enumerate(pspec)])
-            restore[i] = explicit
-        to_matrix, from_matrix = matrix_view(x.shape, spec.reduction_axes, spec.output_axes)
-        mat = to_matrix(x)
-        key = mat.shape if batch and mat.ndim == 2 else (i, -1)  # -1: never batched
-        groups.setdefault(key, []).append((i, mat, from_matrix))
-    for members in groups.values():
-        mats = [m for _, m, _ in members]
-        if len(members) == 1:
-            done = [scale_orthogonalized(newton_schulz(mats[0], **ns_kwargs), scale, rms)]
-        else:
-            done = scale_orthogonalized(newton_schulz(jnp.stack(mats), **ns_kwargs), scale, rms)
-        for k, (i, _, from_matrix) in enumerate(members):
-            out[i] = from_matrix(done[k])
-    out = [o if r is None else _reshard(o, *r) for o, r in zip(out, restore, strict=True)]
-    return jax.tree.unflatten(treedef, out)
+
+    def orth(x: jax.Array) -> jax.Array:
+        return newton_schulz(x, **ns_kwargs)
+
+    def post(o: jax.Array) -> jax.Array:
+        return scale_orthogonalized(o, scale, rms)
+
+    done = {} if split is None else _split_leaves(leaves, spec_leaves, orth, post, split)
+    rest = [None if i in done else x for i, x in enumerate(leaves)]
+    done.update(_local_leaves(rest, spec_leaves, orth, post, batch))
+    return jax.tree.unflatten(treedef, [done[i] for i in range(len(leaves))])

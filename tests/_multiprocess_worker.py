@@ -54,27 +54,31 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 import filtered_optax as fo  # noqa: E402
 
 D_IN, HIDDEN, CLASSES, BATCH = 16, 32, 4, 32
+# fc2 and fc3 have one shape (sharded differently): Muon's Newton-Schulz splits that pair
+# over the mesh, across the two processes.
 SPECS = {"fc1": {"kernel": P(None, "model"), "bias": P("model")},
          "fc2": {"kernel": P("model", None), "bias": P()},
+         "fc3": {"kernel": P(None, "model"), "bias": P("model")},
          "head": {"kernel": P("model", None), "bias": P()}}
 OPTIMIZERS = {"filtered_adam": lambda: fo.filtered_adam(1e-2, warmup=2, gamma=5.0),
               "muon": lambda: fo.muon(1e-2, weight_decay=0.01)}
 
 
 def init_params(key):
-    k1, k2, k3 = jax.random.split(key, 3)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
 
     def dense(k, n_in, n_out):
         return {"kernel": jax.random.normal(k, (n_in, n_out)) / jnp.sqrt(n_in),
                 "bias": jnp.zeros((n_out,))}
 
     return {"fc1": dense(k1, D_IN, HIDDEN), "fc2": dense(k2, HIDDEN, HIDDEN),
-            "head": dense(k3, HIDDEN, CLASSES)}
+            "fc3": dense(k4, HIDDEN, HIDDEN), "head": dense(k3, HIDDEN, CLASSES)}
 
 
 def loss_fn(params, x, y):
     h = jax.nn.gelu(x @ params["fc1"]["kernel"] + params["fc1"]["bias"])
     h = jax.nn.gelu(h @ params["fc2"]["kernel"] + params["fc2"]["bias"])
+    h = jax.nn.gelu(h @ params["fc3"]["kernel"] + params["fc3"]["bias"])
     logits = h @ params["head"]["kernel"] + params["head"]["bias"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 

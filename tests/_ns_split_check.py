@@ -55,13 +55,13 @@ def correctness(mode: str, name: str, shape, spec) -> dict:
     x_host = host(shape)
     ref = np.asarray(jax.jit(newton_schulz)(x_host))
     x = jax.device_put(x_host, sharding)
-    eager = orthogonalize_stack(x)
-    jitted = jax.jit(lambda s: orthogonalize_stack(s, out_sharding=sharding))(x)
+    eager = orthogonalize_stack(x, newton_schulz)
+    jitted = jax.jit(lambda s: orthogonalize_stack(s, newton_schulz, out_sharding=sharding))(x)
     err = max(float(np.max(np.abs(np.asarray(y) - ref))) for y in (eager, jitted))
     kept = all(y.sharding.is_equivalent_to(sharding, 3) for y in (eager, jitted))
     # Under jit on an Auto mesh only out_sharding tells the stack's spec (as a caller that
     # knows its parameters' shardings passes it); the same call on an Explicit mesh.
-    hlo = jax.jit(lambda s: orthogonalize_stack(s, out_sharding=sharding)).lower(x)
+    hlo = jax.jit(lambda s: orthogonalize_stack(s, newton_schulz, out_sharding=sharding)).lower(x)
     hlo = hlo.compile().as_text()
     return {"kind": "correctness", "mode": mode, "layout": name, "err": err, "kept": kept,
             "collectives": collective_bytes(hlo), "full_matrix_moved": full_matrix_moved(hlo,
@@ -84,7 +84,8 @@ def cost(mode: str, spec, split="auto") -> dict:
     """Per-device FLOPs relative to one device, the dot shapes, the collectives (compile only)."""
     mesh = mesh_of(mode)
     x = jax.device_put(np.zeros(BIG, np.float32), NamedSharding(mesh, spec))
-    compiled = jax.jit(lambda s: orthogonalize_stack(s, split=split)).lower(x).compile()
+    compiled = jax.jit(lambda s: orthogonalize_stack(s, newton_schulz, split=split)).lower(x)
+    compiled = compiled.compile()
     single = jax.jit(newton_schulz).lower(
         jax.device_put(np.zeros(BIG, np.float32), jax.devices()[0])).compile()
     hlo = compiled.as_text()

@@ -42,6 +42,9 @@ def test_measure_quick_meets_the_targets():
     assert {(r["case"], r["layout"], r["devices"]) for r in rows} == {
         (c, lay, n) for c in ("8 x 256²", "lm d=128") for lay in ns_scaling.LAYOUTS
         for n in (1, 8)}
+    # Both the bare stacks and the whole fo.muon update are measured.
+    assert {r["via"] for r in rows} == {"stack", "fo.muon update"}
+    assert len(rows) == 2 * 2 * 2 * 2  # cases x layouts x N x measured
     for r in rows:
         assert r["max_abs_diff"] <= ns_scaling.MAX_DIFF, r
         assert r["sharding_kept"], r

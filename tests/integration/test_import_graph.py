@@ -11,8 +11,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "filtered_optax"
 # Lower layers first; a module may import only from its own layer or below, and the graph
 # must have no cycle (which catches two modules of one layer importing each other).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_validation", "_record", "_types", "_paths"),
-    ("_filters", "_scaling", "_orthogonal", "_ns_split"),
+    ("_validation", "_record", "_types", "_paths", "_ns_split"),
+    ("_filters", "_scaling", "_orthogonal"),
     ("_moments",),
     ("_alias",),
     ("_routing", "_muon", "_trace"),

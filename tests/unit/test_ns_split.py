@@ -116,12 +116,12 @@ def test_bad_arguments():
     mesh = jax.make_mesh((1,), ("x",))
     x = jax.device_put(jnp.ones((2, 4, 4)), NamedSharding(mesh, P()))
     with pytest.raises(ValueError, match="split"):
-        orthogonalize_stack(x, split=("y",))
+        orthogonalize_stack(x, newton_schulz, split=("y",))
     with pytest.raises(ValueError, match="split"):
-        orthogonalize_stack(x, split=("x", "x"))
+        orthogonalize_stack(x, newton_schulz, split=("x", "x"))
     with pytest.raises(ValueError, match="split"):
-        orthogonalize_stack(x, split="all")
+        orthogonalize_stack(x, newton_schulz, split="all")
     with pytest.raises(ValueError, match="stack"):
-        orthogonalize_stack(jnp.ones((4, 4)))
+        orthogonalize_stack(jnp.ones((4, 4)), newton_schulz)
     with pytest.raises(TypeError, match="out_sharding"):
-        orthogonalize_stack(x, out_sharding=P())
+        orthogonalize_stack(x, newton_schulz, out_sharding=P())

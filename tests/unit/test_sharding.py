@@ -24,9 +24,6 @@ from tests.registry import ids
 
 SCRIPT = Path(__file__).resolve().parents[1] / "_mesh_check.py"
 MODES = ("auto", "explicit", "explicit_set_mesh")
-# fo.muon's Newton-Schulz builds a bare PartitionSpec, which an Explicit mesh entered without
-# jax.set_mesh rejects; the Muon rewrite fixes it (then flip these to plain passes).
-MUON_EXPLICIT_XFAIL = {("muon", "explicit"), ("filtered_muon", "explicit")}
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +56,8 @@ def test_init_shards_moments_like_their_parameters(rows, name):
         assert r["bare_sharded_moments"] < r["sharded_moments"], r  # control
 
 
-CASES = [
-    pytest.param(name, mode, id=f"{name}-{mode}", marks=pytest.mark.xfail(
-        strict=False, reason="fo.muon on an Explicit mesh without jax.set_mesh: fixed by "
-        "the Muon rewrite")) if (name, mode) in MUON_EXPLICIT_XFAIL else
-    pytest.param(name, mode, id=f"{name}-{mode}")
-    for name in ids() for mode in MODES
-]
+# Every optimizer, Muon included, on Auto and Explicit meshes (with and without jax.set_mesh).
+CASES = [pytest.param(name, mode, id=f"{name}-{mode}") for name in ids() for mode in MODES]
 
 
 @pytest.mark.parametrize("name, mode", CASES)
