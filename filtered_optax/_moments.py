@@ -245,8 +245,8 @@ def _call_stage(stage: optax.GradientTransformation, updates, state, params, ext
 
 # Which slot of with_moments each of our recorded constructors belongs in.
 _FILTERS = ("identity_filter", "kalman_filter", "spam_filter", "zscore_filter", "soft_clip_filter")
-_RULES = ("ema", "belief", "second_moment", "heavy_ball")
-_SCALES = ("normalize", "rms_normalize", "momentum_output", "sign_update")
+_RULES = ("ema", "belief", "second_moment", "heavy_ball", "ema_momentum")
+_SCALES = ("normalize", "rms_normalize", "momentum_output", "sign_update", "orthogonal_update")
 _KIND = {
     **{f"fo.{n}": "filter" for n in _FILTERS},
     **{f"fo.{n}": "moments" for n in _RULES},
@@ -257,9 +257,9 @@ _SLOT = {
     "fo.soft_clip_filter(), fo.identity_filter(), or your own transformation reading "
     "prev_moments=)",
     "moments": "a moment rule (a fo.MomentRule such as fo.ema(b1, b2), fo.belief(b1, b2), "
-    "fo.second_moment(decay) or fo.heavy_ball(momentum))",
+    "fo.second_moment(decay), fo.heavy_ball(momentum) or fo.ema_momentum(beta))",
     "scale": "a scale stage (fo.normalize(), fo.rms_normalize(), fo.momentum_output(), "
-    "fo.sign_update(), or your own transformation reading moments=)",
+    "fo.sign_update(), fo.orthogonal_update(), or your own transformation reading moments=)",
 }
 
 
