@@ -49,6 +49,7 @@ from filtered_optax._orthogonal import (
 from filtered_optax._routing import (
     EMBED_NAMES,
     HEAD_NAMES,
+    Routing,
     as_routing,
     muon_labels,
     resolve,
@@ -219,6 +220,19 @@ def _check_names(name: str, value: Any, *, one_str: bool = False) -> None:
         example = _NAME_EXAMPLES.get(name, "('layers',)")
         raise TypeError(
             f"{name} must be a tuple of path-component names (str), e.g. {example}; got "
+            f"{type(value).__name__} {value!r}."
+        )
+
+
+def _check_mask(name: str, value: Any) -> None:
+    """None, a callable of the parameters, a bool, or a pytree of bools (as optax's
+    ``mask``); a string or a number is a mistake."""
+    if isinstance(value, (str, bytes)) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+    ):
+        raise TypeError(
+            f"{name} must be None, a pytree of bools shaped like the parameters (or a prefix "
+            f"of it), or a callable returning one, as optax.adamw's mask; got "
             f"{type(value).__name__} {value!r}."
         )
 
@@ -583,21 +597,8 @@ def muon(
         muon_weight_dimension_numbers,
         consistent_rms,
     )
-    _check_rule("labels", labels, spec=False)
-    _check_names("stacked", stacked, one_str=True)
-    _check_names("head_names", head_names)
-    _check_names("embed_names", embed_names)
-    _validation.check_bool("per_head", per_head)
-    routing = as_routing(
-        None,
-        dict(
-            labels=labels,
-            stacked=stacked,
-            per_head=per_head,
-            head_names=head_names,
-            embed_names=embed_names,
-        ),
-    )
+    _check_mask("weight_decay_mask", weight_decay_mask)
+    routing = _routing_of(labels, stacked, per_head, head_names, embed_names)
 
     def route(names: PathNames, shape: Shape) -> MatrixSpec | None:
         return resolve(names, shape, routing)
@@ -637,6 +638,25 @@ def muon(
     )
     muon_tx = with_learning_rate(muon_tx, learning_rate, weight_decay, weight_decay_mask)
     return _check_gradients(optax.partition({"muon": muon_tx, "adam": adam_tx}, param_labels))
+
+
+def _routing_of(
+    labels: Any, stacked: Any, per_head: Any, head_names: Any, embed_names: Any
+) -> Routing:
+    """:func:`muon`'s routing keywords, type-checked, as one :class:`Routing`."""
+    _check_rule("labels", labels, spec=False)
+    _check_names("stacked", stacked, one_str=True)
+    _check_names("head_names", head_names)
+    _check_names("embed_names", embed_names)
+    _validation.check_bool("per_head", per_head)
+    keywords = dict(
+        labels=labels,
+        stacked=stacked,
+        per_head=per_head,
+        head_names=head_names,
+        embed_names=embed_names,
+    )
+    return as_routing(None, keywords)
 
 
 def _check_adam_args(
