@@ -34,12 +34,7 @@ import optax
 from filtered_optax import _record, _validation
 from filtered_optax._alias import adamw, with_learning_rate
 from filtered_optax._filters import GAMMA_OFF_HINT, identity_filter, kalman_filter
-from filtered_optax._moments import (
-    WithMomentsState,
-    _check_like_state,
-    ema_momentum,
-    with_moments,
-)
+from filtered_optax._moments import WithMomentsState, ema_momentum, with_moments
 from filtered_optax._orthogonal import (
     MOONSHOT_RMS,
     SCALES,
@@ -746,22 +741,51 @@ def _optax_keywords(
     return "polar_express" if coefficients is None else coefficients
 
 
+def _masked(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
 def _moment_shapes(state: Any) -> Any:
     """The parameter tree as :func:`muon`'s state saw it at ``init``: each leaf's first
-    moment, from whichever side of the partition owns it."""
+    moment, from whichever side of the partition owns it (a ``MaskedNode`` where neither
+    keeps one)."""
     found = [
         s.nu if s.mu is None else s.mu
         for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, WithMomentsState))
         if isinstance(s, WithMomentsState)
     ]
-
-    def masked(x: Any) -> bool:
-        return isinstance(x, optax.MaskedNode)
-
     merged = found[0] if found else None
-    for tree in found[1:]:
-        merged = jax.tree.map(lambda a, b: b if masked(a) else a, merged, tree, is_leaf=masked)
+    for tree in found[1:]:  # a None parameter is None on one side, a MaskedNode on the other
+        merged = jax.tree.map(
+            lambda a, b: b if _masked(a) else a,
+            merged,
+            tree,
+            is_leaf=lambda x: x is None or _masked(x),
+        )
     return merged
+
+
+def _check_like_state(updates: Any, reference: Any) -> None:
+    """The gradient must have the state's structure and, leaf by leaf, its shapes."""
+    if reference is None:
+        return
+    got, want = jax.tree.structure(updates), jax.tree.structure(reference, is_leaf=_masked)
+    if got != want:
+        raise ValueError(
+            "the gradient pytree does not match the optimizer state (built by init from "
+            f"the parameters): gradient structure {got} vs state structure {want}."
+        )
+    pairs = zip(
+        jax.tree_util.tree_flatten_with_path(updates)[0],
+        jax.tree.leaves(reference, is_leaf=_masked),
+    )
+    for (path, g), r in pairs:
+        if not _masked(r) and jnp.shape(g) != jnp.shape(r):
+            raise ValueError(
+                f"gradient leaf {jax.tree_util.keystr(path) or '<root>'} has shape "
+                f"{jnp.shape(g)} but the optimizer state was initialized for shape "
+                f"{jnp.shape(r)}."
+            )
 
 
 def _check_gradients(

@@ -159,6 +159,12 @@ def test_scalars_arrays_tracers_and_schedules_stay_accepted():
     assert step(1e-3, 0.9, 5.0).shape == (4, 8)
 
 
+@pytest.mark.parametrize("scale", [None, [1.0], {"moonshot": 1}])
+def test_a_scale_that_is_neither_a_name_nor_a_number_is_a_type_error(scale):
+    with pytest.raises(TypeError, match="scale must be one of"):
+        fo.muon(1e-3, scale=scale)
+
+
 def test_values_of_the_right_type_keep_their_value_errors():
     for kwargs, arg in [(dict(coefficients=(3.4, -4.7)), "coefficients"),
                         (dict(scale=-1.0), "scale"), (dict(compute_dtype="int8"), "compute_dtype"),
