@@ -769,18 +769,20 @@ def _check_like_state(updates: Any, reference: Any) -> None:
     """The gradient must have the state's structure and, leaf by leaf, its shapes."""
     if reference is None:
         return
-    got, want = jax.tree.structure(updates), jax.tree.structure(reference, is_leaf=_masked)
+    # MaskedNode leaves: masked out here, or (in an outer optax.masked / partition) in both.
+    got = jax.tree.structure(updates, is_leaf=_masked)
+    want = jax.tree.structure(reference, is_leaf=_masked)
     if got != want:
         raise ValueError(
             "the gradient pytree does not match the optimizer state (built by init from "
             f"the parameters): gradient structure {got} vs state structure {want}."
         )
     pairs = zip(
-        jax.tree_util.tree_flatten_with_path(updates)[0],
+        jax.tree_util.tree_flatten_with_path(updates, is_leaf=_masked)[0],
         jax.tree.leaves(reference, is_leaf=_masked),
     )
     for (path, g), r in pairs:
-        if not _masked(r) and jnp.shape(g) != jnp.shape(r):
+        if not (_masked(r) or _masked(g)) and jnp.shape(g) != jnp.shape(r):
             raise ValueError(
                 f"gradient leaf {jax.tree_util.keystr(path) or '<root>'} has shape "
                 f"{jnp.shape(g)} but the optimizer state was initialized for shape "

@@ -71,6 +71,14 @@ def test_shapes_are_checked_under_jit_inject_hyperparams_and_alone():
         alone.update({"w": jnp.ones((8, 4))}, alone.init(p))
 
 
+def test_inside_an_outer_mask_the_check_skips_masked_leaves_only():
+    tx = optax.masked(fo.muon(1e-3), {"w": True, "b": False})
+    state = tx.init(PARAMS)
+    tx.update(PARAMS, state, PARAMS)  # the masked-out leaf reaches fo.muon as a MaskedNode
+    with pytest.raises(ValueError, match=r"\['w'\]"):
+        tx.update({**PARAMS, "w": jnp.ones((8, 4))}, state, PARAMS)
+
+
 def test_a_missing_leaf_is_a_value_error():
     tx = fo.muon(1e-3)
     with pytest.raises(ValueError, match="structure"):
