@@ -520,9 +520,11 @@ def muon(
     Keller's setting is ``muon(0.02, weight_decay=0.0, scale="keller",
     coefficients="keller")`` with a separate ``adam_learning_rate``.
 
-    Numeric hyperparameters are positional-or-keyword and everything structural is
-    keyword-only, so ``optax.inject_hyperparams(muon)(learning_rate=...)`` works without
-    ``static_args`` (pass ``static_args="labels"`` if you give a ``labels`` rule).
+    Numeric hyperparameters are positional-or-keyword (except ``adam_eps_root``, one of
+    ``optax.contrib.muon``'s names at the end) and everything structural is keyword-only, so
+    ``optax.inject_hyperparams(muon)(learning_rate=...)`` works without ``static_args`` (pass
+    ``static_args="labels"`` if you give a ``labels`` rule, ``"weight_decay_mask"`` for a
+    callable mask).
 
     Args:
       learning_rate: Muon learning rate, a constant >= 0 or a schedule.

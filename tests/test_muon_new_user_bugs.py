@@ -119,6 +119,8 @@ WRONG = {
     "preconditioning": 5,
     "muon_weight_dimension_numbers": 3,
     "consistent_rms": "0.2",
+    # Not (yet) an argument here: the distributed Newton-Schulz keyword, wrong-typed.
+    "ns_split_axes": 3.5,
 }
 FACTORIES = {"muon": fo.muon, "scale_by_muon": fo.scale_by_muon,
              "orthogonal_update": fo.orthogonal_update}
