@@ -22,6 +22,8 @@ References:
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,8 +33,8 @@ import optax
 
 from filtered_optax import _record, _validation
 from filtered_optax._alias import adamw, with_learning_rate
-from filtered_optax._filters import identity_filter, kalman_filter
-from filtered_optax._moments import ema_momentum, with_moments
+from filtered_optax._filters import GAMMA_OFF_HINT, identity_filter, kalman_filter
+from filtered_optax._moments import WithMomentsState, ema_momentum, with_moments
 from filtered_optax._ns_split import Split, check_split
 from filtered_optax._orthogonal import (
     MOONSHOT_RMS,
@@ -43,6 +45,7 @@ from filtered_optax._orthogonal import (
 from filtered_optax._routing import (
     EMBED_NAMES,
     HEAD_NAMES,
+    Routing,
     as_routing,
     muon_labels,
     resolve,
@@ -51,6 +54,7 @@ from filtered_optax._routing import (
 from filtered_optax._scaling import require_moments
 from filtered_optax._types import (
     Coefficients,
+    MaskOrFn,
     MatrixSpec,
     Moments,
     PathNames,
@@ -132,11 +136,10 @@ def orthogonal_update(
       Jordan, "Muon", 2024 (github.com/KellerJordan/Muon); Liu et al., arXiv:2502.16982;
       Amsel et al., arXiv:2505.16932.
     """
-    _validation.check_non_negative("eps", eps)
-    _validation.check_non_negative("rms", rms)
-    _check_scale(scale)
-    compute_dtype = _validation.check_float_dtype("compute_dtype", compute_dtype)
-    resolve_coefficients(coefficients, ns_steps)  # validates coefficients and ns_steps
+    _check_stage_args(nesterov, bias_correction, coefficients, ns_steps, eps, scale, rms)
+    _check_layout_args(dimension_numbers, stacked, per_head, batch_same_shape)
+    stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
+    compute_dtype = _check_dtype("compute_dtype", compute_dtype)
     ns_split_axes = check_split(ns_split_axes)
     ns = dict(coefficients=coefficients, ns_steps=ns_steps, eps=eps, compute_dtype=compute_dtype)
 
@@ -173,23 +176,154 @@ def _check_scale(scale: Any) -> None:
     elif _validation.concrete_float(scale) is not None or isinstance(scale, jax.core.Tracer):
         _validation.check_non_negative("scale", scale)
     else:
-        raise ValueError(
-            f"scale must be one of {list(SCALES)} or a number >= 0; got scale={scale!r}."
+        raise TypeError(
+            f"scale must be one of {list(SCALES)} or a real number >= 0; got "
+            f"{type(scale).__name__} {scale!r}."
         )
 
 
-def _check_filter(gamma: Any, eta: Any, b2: Any, warmup: Any, kappa: Any, stats: bool) -> None:
-    if gamma is not None:
-        _validation.check_range("filter_gamma", gamma, low=0.0, low_open=True)
-    elif stats:
-        raise ValueError(
-            "stats=True reports the spike filter's statistics; enable the filter with "
-            "filter_gamma (a threshold > 0, e.g. 10.0) or leave stats=False."
+def _check_coefficients(name: str, value: Any) -> None:
+    """A preset name or a (sequence of) triple(s); the values are checked when resolved."""
+    if not isinstance(value, (str, tuple, list)):
+        raise TypeError(
+            f"{name} must be a preset name (a str), an (a, b, c) triple or a sequence of "
+            f"triples; got {type(value).__name__} {value!r}."
         )
+
+
+def _check_dtype(name: str, value: Any) -> Any:
+    """A storage/compute dtype: TypeError for what names no dtype, ValueError for a
+    non-floating one (:func:`_validation.check_float_dtype`)."""
+    if value is not None and not isinstance(value, str):
+        try:
+            jnp.dtype(value)
+        except TypeError as err:
+            raise TypeError(
+                f"{name} must be a floating dtype such as jnp.float32 or jnp.bfloat16 (or "
+                f"its name), or None; got {type(value).__name__} {value!r}."
+            ) from err
+    return _validation.check_float_dtype(name, value)
+
+
+# An example value for each name-list argument, quoted in its TypeError.
+_NAME_EXAMPLES = {
+    "stacked": "('layers',)",
+    "head_names": "('lm_head',)",
+    "embed_names": "('embed',)",
+}
+
+
+def _check_names(name: str, value: Any, *, one_str: bool = False) -> None:
+    """A tuple (or list) of path-component names; ``one_str``: a bare name is allowed."""
+    ok = isinstance(value, (tuple, list)) and all(isinstance(n, str) for n in value)
+    if not (ok or (one_str and isinstance(value, str))):
+        example = _NAME_EXAMPLES.get(name, "('layers',)")
+        raise TypeError(
+            f"{name} must be a tuple of path-component names (str), e.g. {example}; got "
+            f"{type(value).__name__} {value!r}."
+        )
+
+
+def _check_mask(name: str, value: Any) -> None:
+    """None, a callable of the parameters, a bool, or a pytree of bools (as optax's
+    ``mask``); a string or a number is a mistake."""
+    if isinstance(value, (str, bytes)) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+    ):
+        raise TypeError(
+            f"{name} must be None, a pytree of bools shaped like the parameters (or a prefix "
+            f"of it), or a callable returning one, as optax.adamw's mask; got "
+            f"{type(value).__name__} {value!r}."
+        )
+
+
+def _check_optional_bool(name: str, value: Any) -> None:
+    if value is not None:
+        _validation.check_bool(name, value)
+
+
+def _check_rule(name: str, value: Any, *, spec: bool) -> None:
+    """None, a callable rule, or (``spec``) one :class:`MatrixSpec` for every leaf."""
+    if value is None or callable(value) or (spec and isinstance(value, MatrixSpec)):
+        return
+    kinds = "a fo.MatrixSpec, a callable rule" if spec else "a callable rule"
+    raise TypeError(
+        f"{name} must be {kinds} ``(path_names, shape) -> ...``, or None; got "
+        f"{type(value).__name__} {value!r}."
+    )
+
+
+def _check_stage_args(
+    nesterov: Any,
+    bias_correction: Any,
+    coefficients: Any,
+    ns_steps: Any,
+    eps: Any,
+    scale: Any,
+    rms: Any,
+) -> None:
+    """The numeric and switch arguments of :func:`orthogonal_update`."""
+    _validation.check_bool("nesterov", nesterov)
+    _validation.check_bool("bias_correction", bias_correction)
+    _check_coefficients("coefficients", coefficients)
+    _validation.check_scalar("ns_steps", ns_steps, optional=True)
+    _validation.check_non_negative("eps", eps)
+    _validation.check_non_negative("rms", rms)
+    _check_scale(scale)
+    resolve_coefficients(coefficients, ns_steps)  # validates coefficients and ns_steps
+
+
+def _check_layout_args(
+    dimension_numbers: Any, stacked: Any, per_head: Any, batch_same_shape: Any
+) -> None:
+    """The structural arguments of :func:`orthogonal_update` (how leaves become matrices)."""
+    _check_rule("dimension_numbers", dimension_numbers, spec=True)
+    _check_names("stacked", stacked, one_str=True)
+    _validation.check_bool("per_head", per_head)
+    _check_optional_bool("batch_same_shape", batch_same_shape)
+
+
+# GAMMA_OFF_HINT with Muon's argument names: "use filter_gamma=float('inf') ...".
+FILTER_OFF_HINT = re.sub(r"\b(gamma|eta)=", r"filter_\1=", GAMMA_OFF_HINT)
+
+
+def _filter_off(gamma: Any, eta: Any) -> bool | None:
+    """True when the filter is provably the identity (concrete ``gamma = inf``, ``eta = 1``),
+    False when it provably is not, None when a traced value leaves it open."""
+    g, e = _validation.concrete_float(gamma), _validation.concrete_float(eta)
+    if (g is not None and g != math.inf) or (e is not None and e != 1.0):
+        return False
+    return None if g is None or e is None else True
+
+
+def _check_filter(gamma: Any, eta: Any, b2: Any, warmup: Any, kappa: Any, stats: Any) -> None:
+    _validation.check_range("filter_gamma", gamma, low=0.0, low_open=True, hint=FILTER_OFF_HINT)
     _validation.check_range("filter_eta", eta, low=0.0, high=1.0)
     _validation.check_decay("filter_b2", b2)
     _validation.check_non_negative_int("filter_warmup", warmup)
     _validation.check_non_negative("filter_kappa", kappa)
+    _validation.check_bool("stats", stats)
+    if stats and _filter_off(gamma, eta):
+        raise ValueError(
+            "stats=True reports the spike filter's statistics, but the filter is off "
+            "(filter_gamma=inf, filter_eta=1); enable it with a finite filter_gamma (a "
+            "threshold > 0, e.g. 10.0) or leave stats=False."
+        )
+
+
+def _state_decides(
+    off: optax.GradientTransformationExtraArgs, on: optax.GradientTransformationExtraArgs
+) -> optax.GradientTransformationExtraArgs:
+    """For a filter setting that is traced (``optax.inject_hyperparams`` under ``jit``):
+    the state says whether the filter exists. ``init`` keeps the filter (its second
+    moment); ``update`` runs ``off`` on a state without ``nu`` (initialized while the
+    setting was concretely off) and ``on`` otherwise, so init and update always agree."""
+
+    def update_fn(updates, state, params=None, **extra):
+        tx = off if state.nu is None else on
+        return tx.update(updates, state, params, **extra)
+
+    return optax.GradientTransformationExtraArgs(on.init, update_fn)
 
 
 @_record.recorded
@@ -210,7 +344,7 @@ def scale_by_muon(
     per_head: bool = False,
     batch_same_shape: bool | None = None,
     ns_split_axes: Split = "auto",
-    filter_gamma: float | None = None,
+    filter_gamma: float = math.inf,
     filter_eta: float = 1.0,
     filter_b2: float = 0.999,
     filter_warmup: int = 20,
@@ -245,12 +379,16 @@ def scale_by_muon(
     stack sharded along its stack axis needs no communication. On a mesh of more than one
     device each device orthogonalizes only its share of the matrices (``ns_split_axes``).
 
-    Optional spike filter (``filter_gamma`` not None): the robust Kalman filter of
-    filtered Adam (README, "The filter"; :func:`filtered_optax.kalman_filter`) runs on
-    ``G_t`` before the momentum, reading ``M_{t-1}`` as its first moment (decay β) and a
+    Optional spike filter (a finite ``filter_gamma``, or ``filter_eta < 1``): the robust
+    Kalman filter of filtered Adam (README, "The filter"; :func:`filtered_optax.kalman_filter`)
+    runs on ``G_t`` before the momentum, reading ``M_{t-1}`` as its first moment (decay β) and a
     second moment ``ν`` (decay ``filter_b2``) fed with the filtered gradient. Muon keeps no
     second moment otherwise, so the filter costs one extra param-sized float32 leaf per
-    Muon parameter (``state.nu``; float64 for float64 parameters).
+    Muon parameter (``state.nu``; float64 for float64 parameters). ``filter_gamma=inf``
+    with ``filter_eta=1`` (the default) is the filter off, as everywhere in the library:
+    the filter is then the identity and no ``nu`` is kept. When either is traced
+    (``optax.inject_hyperparams`` under ``jit``) the state decides: one initialized with
+    the filter off stays off.
 
     Args:
       beta: momentum decay in [0, 1).
@@ -288,13 +426,14 @@ def scale_by_muon(
         whole). A no-op on one device. The mesh is read from the arrays (their own sharding
         outside ``jit`` and on Explicit meshes; on an Auto mesh under ``jit`` only the mesh
         is visible, so the stack goes straight to its split layout and XLA places the results).
-      filter_gamma: spike threshold (RMS units) of the optional filter; None = no filter.
+      filter_gamma: spike threshold (RMS units) of the optional filter, > 0;
+        ``float("inf")`` (default, with ``filter_eta=1``) = no filter. None is a TypeError.
       filter_eta, filter_b2, filter_warmup, filter_kappa: the filter's other settings
         (``eta``, the decay of its second moment, ``warmup`` and ``kappa`` of
         :func:`filtered_optax.kalman_filter`, whose defaults they share).
       stats: keep the filter's spike fraction and mean gain (two scalars) in the state,
         read by :func:`filtered_optax.read_stats` / :func:`filtered_optax.filter_stats`;
-        needs ``filter_gamma``.
+        needs the filter on (a finite ``filter_gamma`` or ``filter_eta < 1``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -312,29 +451,36 @@ def scale_by_muon(
     """
     _validation.check_decay("beta", beta)
     _check_filter(filter_gamma, filter_eta, filter_b2, filter_warmup, filter_kappa, stats)
-    filtered = filter_gamma is not None
-    return with_moments(
-        filter=kalman_filter(filter_eta, filter_gamma, filter_warmup, filter_kappa, stats=stats)
-        if filtered
-        else identity_filter(),
-        moments=ema_momentum(beta, filter_b2 if filtered else None),
-        scale=orthogonal_update(
-            nesterov=nesterov,
-            bias_correction=bias_correction,
-            coefficients=coefficients,
-            ns_steps=ns_steps,
-            eps=eps,
-            compute_dtype=compute_dtype,
-            scale=scale,
-            rms=rms,
-            dimension_numbers=dimension_numbers,
-            stacked=stacked,
-            per_head=per_head,
-            batch_same_shape=batch_same_shape,
-            ns_split_axes=ns_split_axes,
-        ),
-        mu_dtype=mu_dtype,
+    mu_dtype = _check_dtype("mu_dtype", mu_dtype)
+    scale_stage = orthogonal_update(
+        nesterov=nesterov,
+        bias_correction=bias_correction,
+        coefficients=coefficients,
+        ns_steps=ns_steps,
+        eps=eps,
+        compute_dtype=compute_dtype,
+        scale=scale,
+        rms=rms,
+        dimension_numbers=dimension_numbers,
+        stacked=stacked,
+        per_head=per_head,
+        batch_same_shape=batch_same_shape,
+        ns_split_axes=ns_split_axes,
     )
+
+    def assemble(filtered: bool) -> optax.GradientTransformationExtraArgs:
+        kalman = kalman_filter(filter_eta, filter_gamma, filter_warmup, filter_kappa, stats=stats)
+        return with_moments(
+            filter=kalman if filtered else identity_filter(),
+            moments=ema_momentum(beta, filter_b2 if filtered else None),
+            scale=scale_stage,
+            mu_dtype=mu_dtype,
+        )
+
+    off = _filter_off(filter_gamma, filter_eta)
+    if off is None:  # traced: the state decides (see _state_decides)
+        return _state_decides(assemble(False), assemble(True))
+    return assemble(not off)
 
 
 @_record.recorded
@@ -350,7 +496,7 @@ def muon(
     adam_eps: float = 1e-8,
     adam_weight_decay: float | None = None,
     ns_steps: int | None = None,
-    filter_gamma: float | None = None,
+    filter_gamma: float = math.inf,
     filter_eta: float = 1.0,
     filter_b2: float = 0.999,
     filter_warmup: int = 20,
@@ -358,7 +504,7 @@ def muon(
     *,
     nesterov: bool = True,
     bias_correction: bool = False,
-    coefficients: Coefficients = "polar_express",
+    coefficients: Coefficients | None = None,
     scale: str | float = "moonshot",
     compute_dtype: str | None = None,
     mu_dtype: str | None = None,
@@ -370,6 +516,13 @@ def muon(
     batch_same_shape: bool | None = None,
     ns_split_axes: Split = "auto",
     stats: bool = False,
+    weight_decay_mask: MaskOrFn = None,
+    ns_coeffs: Coefficients | None = None,
+    adam_eps_root: float = 0.0,
+    adaptive: bool = False,
+    preconditioning: str = "frobenius",
+    muon_weight_dimension_numbers: Any = None,
+    consistent_rms: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Muon for hidden matrices, AdamW for everything else (Moonshot's recipe by default).
 
@@ -386,9 +539,11 @@ def muon(
     Keller's setting is ``muon(0.02, weight_decay=0.0, scale="keller",
     coefficients="keller")`` with a separate ``adam_learning_rate``.
 
-    Numeric hyperparameters are positional-or-keyword and everything structural is
-    keyword-only, so ``optax.inject_hyperparams(muon)(learning_rate=...)`` works without
-    ``static_args`` (pass ``static_args="labels"`` if you give a ``labels`` rule).
+    Numeric hyperparameters are positional-or-keyword (except ``adam_eps_root``, one of
+    ``optax.contrib.muon``'s names at the end) and everything structural is keyword-only, so
+    ``optax.inject_hyperparams(muon)(learning_rate=...)`` works without ``static_args`` (pass
+    ``static_args="labels"`` if you give a ``labels`` rule, ``"weight_decay_mask"`` for a
+    callable mask).
 
     Args:
       learning_rate: Muon learning rate, a constant >= 0 or a schedule.
@@ -401,15 +556,30 @@ def muon(
       adam_weight_decay: AdamW decoupled weight decay (None = ``weight_decay``; Moonshot
         decays norm gains too, which mattered for stability).
       ns_steps: Newton–Schulz iterations (None = 5 / the table length).
-      filter_gamma: enables the spike filter of filtered Adam (README, "The filter") in
-        front of the momentum; None = off.
+      filter_gamma: a finite threshold > 0 enables the spike filter of filtered Adam
+        (README, "The filter") in front of the momentum; ``float("inf")`` (default, with
+        ``filter_eta=1``) = off, no ``nu`` kept.
       filter_eta, filter_b2, filter_warmup, filter_kappa: see :func:`scale_by_muon`.
       nesterov, bias_correction, coefficients, scale, compute_dtype, mu_dtype,
         batch_same_shape, ns_split_axes: see :func:`scale_by_muon`.
       labels, stacked, per_head, head_names, embed_names: routing, the fields of
         :class:`filtered_optax.Routing` (see :func:`filtered_optax.muon_labels`).
       stats: keep the Muon filter's spike fraction and mean gain in the state (read them
-        with :func:`filtered_optax.read_stats`); needs ``filter_gamma``.
+        with :func:`filtered_optax.read_stats`); needs the filter on.
+      weight_decay_mask: which parameters are decayed, as ``optax.adamw``'s ``mask`` (a
+        pytree of bools or a callable of the parameters); applied on both sides
+        (``optax.contrib.muon`` masks only its Muon side). None = all.
+      ns_coeffs: ``optax.contrib.muon``'s name for ``coefficients`` (also its presets
+        ``"standard"`` = ``"keller"`` and ``"dion"``); giving both is a TypeError.
+        ``coefficients`` None means ``"polar_express"``.
+      adam_eps_root: AdamW's ``eps_root`` (as ``optax.adamw``).
+      adaptive, preconditioning, muon_weight_dimension_numbers, consistent_rms: the rest of
+        ``optax.contrib.muon``'s keywords, so code written for it fails loudly: only the
+        defaults (``False``, ``"frobenius"``, None, None) are accepted, anything else
+        raises an error naming fo.muon's equivalent (``labels=`` for the dimension numbers,
+        ``scale="moonshot", rms=x`` for ``consistent_rms=x``). Unlike optax, ``eps`` and
+        ``nesterov`` act on the Muon side only (the AdamW side has ``adam_eps``), and the
+        positional order differs: pass these by keyword.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition`` of the two).
@@ -425,25 +595,26 @@ def muon(
       Liu et al. (Moonshot AI), "Muon is Scalable for LLM Training", arXiv:2502.16982.
       Jordan, "Muon", 2024, github.com/KellerJordan/Muon. Amsel et al., arXiv:2505.16932.
     """
-    _validation.check_learning_rate(learning_rate)
-    if adam_learning_rate is not None:
-        _validation.check_learning_rate(adam_learning_rate, "adam_learning_rate")
-    _validation.check_non_negative("weight_decay", weight_decay)
-    _validation.check_decay("adam_b1", adam_b1)
-    _validation.check_decay("adam_b2", adam_b2)
-    _validation.check_non_negative("adam_eps", adam_eps)
-    if adam_weight_decay is not None:
-        _validation.check_non_negative("adam_weight_decay", adam_weight_decay)
-    routing = as_routing(
-        None,
-        dict(
-            labels=labels,
-            stacked=stacked,
-            per_head=per_head,
-            head_names=head_names,
-            embed_names=embed_names,
-        ),
+    _check_adam_args(
+        learning_rate,
+        weight_decay,
+        adam_learning_rate,
+        adam_b1,
+        adam_b2,
+        adam_eps,
+        adam_eps_root,
+        adam_weight_decay,
     )
+    coefficients = _optax_keywords(
+        coefficients,
+        ns_coeffs,
+        adaptive,
+        preconditioning,
+        muon_weight_dimension_numbers,
+        consistent_rms,
+    )
+    _check_mask("weight_decay_mask", weight_decay_mask)
+    routing = _routing_of(labels, stacked, per_head, head_names, embed_names)
 
     def route(names: PathNames, shape: Shape) -> MatrixSpec | None:
         return resolve(names, shape, routing)
@@ -477,10 +648,179 @@ def muon(
         b1=adam_b1,
         b2=adam_b2,
         eps=adam_eps,
+        eps_root=adam_eps_root,
         mu_dtype=mu_dtype,
         weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
+        mask=weight_decay_mask,
     )
-    return optax.partition(
-        {"muon": with_learning_rate(muon_tx, learning_rate, weight_decay), "adam": adam_tx},
-        param_labels,
+    muon_tx = with_learning_rate(muon_tx, learning_rate, weight_decay, weight_decay_mask)
+    return _check_gradients(optax.partition({"muon": muon_tx, "adam": adam_tx}, param_labels))
+
+
+def _routing_of(
+    labels: Any, stacked: Any, per_head: Any, head_names: Any, embed_names: Any
+) -> Routing:
+    """:func:`muon`'s routing keywords, type-checked, as one :class:`Routing`."""
+    _check_rule("labels", labels, spec=False)
+    _check_names("stacked", stacked, one_str=True)
+    _check_names("head_names", head_names)
+    _check_names("embed_names", embed_names)
+    _validation.check_bool("per_head", per_head)
+    keywords = dict(
+        labels=labels,
+        stacked=stacked,
+        per_head=per_head,
+        head_names=head_names,
+        embed_names=embed_names,
     )
+    return as_routing(None, keywords)
+
+
+def _check_adam_args(
+    learning_rate: Any,
+    weight_decay: Any,
+    adam_learning_rate: Any,
+    adam_b1: Any,
+    adam_b2: Any,
+    adam_eps: Any,
+    adam_eps_root: Any,
+    adam_weight_decay: Any,
+) -> None:
+    """The learning rates and weight decays of :func:`muon` and its AdamW side's moments."""
+    _validation.check_learning_rate(learning_rate)
+    if adam_learning_rate is not None:
+        _validation.check_learning_rate(adam_learning_rate, "adam_learning_rate")
+    _validation.check_non_negative("weight_decay", weight_decay)
+    _validation.check_decay("adam_b1", adam_b1)
+    _validation.check_decay("adam_b2", adam_b2)
+    _validation.check_non_negative("adam_eps", adam_eps)
+    _validation.check_non_negative("adam_eps_root", adam_eps_root)
+    _validation.check_scalar("adam_weight_decay", adam_weight_decay, optional=True)
+    if adam_weight_decay is not None:
+        _validation.check_non_negative("adam_weight_decay", adam_weight_decay)
+
+
+# optax.contrib.muon's ns_coeffs presets. "standard" is Keller's triple; "dion" is the
+# five-step table of Ahn et al., "Dion: Distributed Orthonormalized Updates",
+# arXiv:2504.05295, as optax.contrib.muon ships it.
+_OPTAX_NS_PRESETS: dict[str, Any] = {
+    "standard": "keller",
+    "dion": (
+        (4.0848, -6.8946, 2.9270),
+        (3.9505, -6.3029, 2.6377),
+        (3.7418, -5.5913, 2.3037),
+        (2.8769, -3.1427, 1.2046),
+        (2.8366, -3.0525, 1.2012),
+    ),
+}
+
+
+def _optax_keywords(
+    coefficients: Any,
+    ns_coeffs: Any,
+    adaptive: Any,
+    preconditioning: Any,
+    muon_weight_dimension_numbers: Any,
+    consistent_rms: Any,
+) -> Coefficients:
+    """``optax.contrib.muon``'s keywords: the Newton–Schulz coefficients they name, or a
+    ``TypeError`` / ``ValueError`` naming our equivalent of what we do not implement."""
+    if ns_coeffs is not None and coefficients is not None:
+        raise TypeError("ns_coeffs is optax's name for coefficients; give one of them, not both.")
+    if ns_coeffs is not None:
+        _check_coefficients("ns_coeffs", ns_coeffs)
+        coefficients = (
+            _OPTAX_NS_PRESETS.get(ns_coeffs, ns_coeffs) if isinstance(ns_coeffs, str) else ns_coeffs
+        )
+    _validation.check_bool("adaptive", adaptive)
+    if adaptive:
+        raise TypeError(
+            "adaptive=True (optax.contrib.muon's scaling by the dual norm, arXiv:2409.20325) "
+            "is not implemented by fo.muon; leave adaptive=False (scale= sets the update size)."
+        )
+    if not isinstance(preconditioning, str):
+        raise TypeError(f"preconditioning must be a str; got {preconditioning!r}.")
+    if preconditioning != "frobenius":
+        raise ValueError(
+            f"preconditioning={preconditioning!r} is not implemented by fo.muon, which "
+            "normalizes by the Frobenius norm before Newton-Schulz (preconditioning="
+            "'frobenius', optax's default); for a tighter orthogonalization in as many "
+            "steps use coefficients='polar_express' (the default)."
+        )
+    if muon_weight_dimension_numbers is not None:
+        raise TypeError(
+            "muon_weight_dimension_numbers is optax's routing; fo.muon routes by path and "
+            "shape: give labels= (a rule (path_names, shape) -> 'muon' | 'adam' | "
+            "fo.MatrixSpec | None, a fo.MatrixSpec playing MuonDimensionNumbers), or "
+            "stacked= / per_head=; check the result with fo.routing_table."
+        )
+    if consistent_rms is not None:
+        raise TypeError(
+            "consistent_rms is optax's name; in fo.muon optax's consistent_rms=x is "
+            "scale='moonshot', rms=x (the default, rms=0.2), and consistent_rms=None is "
+            "scale='keller'."
+        )
+    return "polar_express" if coefficients is None else coefficients
+
+
+def _masked(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
+def _moment_shapes(state: Any) -> Any:
+    """The parameter tree as :func:`muon`'s state saw it at ``init``: each leaf's first
+    moment, from whichever side of the partition owns it (a ``MaskedNode`` where neither
+    keeps one)."""
+    found = [
+        s.nu if s.mu is None else s.mu
+        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, WithMomentsState))
+        if isinstance(s, WithMomentsState)
+    ]
+    merged = found[0] if found else None
+    for tree in found[1:]:  # a None parameter is None on one side, a MaskedNode on the other
+        merged = jax.tree.map(
+            lambda a, b: b if _masked(a) else a,
+            merged,
+            tree,
+            is_leaf=lambda x: x is None or _masked(x),
+        )
+    return merged
+
+
+def _check_like_state(updates: Any, reference: Any) -> None:
+    """The gradient must have the state's structure and, leaf by leaf, its shapes."""
+    if reference is None:
+        return
+    # MaskedNode leaves: masked out here, or (in an outer optax.masked / partition) in both.
+    got = jax.tree.structure(updates, is_leaf=_masked)
+    want = jax.tree.structure(reference, is_leaf=_masked)
+    if got != want:
+        raise ValueError(
+            "the gradient pytree does not match the optimizer state (built by init from "
+            f"the parameters): gradient structure {got} vs state structure {want}."
+        )
+    pairs = zip(
+        jax.tree_util.tree_flatten_with_path(updates, is_leaf=_masked)[0],
+        jax.tree.leaves(reference, is_leaf=_masked),
+    )
+    for (path, g), r in pairs:
+        if not (_masked(r) or _masked(g)) and jnp.shape(g) != jnp.shape(r):
+            raise ValueError(
+                f"gradient leaf {jax.tree_util.keystr(path) or '<root>'} has shape "
+                f"{jnp.shape(g)} but the optimizer state was initialized for shape "
+                f"{jnp.shape(r)}."
+            )
+
+
+def _check_gradients(
+    tx: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+    """``tx`` with the gradient checked against the state first: a leaf of another shape
+    (a broadcastable or transposed gradient) is a ``ValueError`` naming the leaf, before
+    the partition routes the gradient by its shapes."""
+
+    def update_fn(updates, state, params=None, **extra):
+        _check_like_state(updates, _moment_shapes(state))
+        return tx.update(updates, state, params, **extra)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)

@@ -112,13 +112,20 @@ def check_split(split: Any, name: str = "ns_split_axes") -> Split:
     hosts").
 
     Raises:
-        ValueError: anything else, naming ``name``.
+        TypeError: a value of another type (a number, a tuple holding non-strings), naming
+          ``name``.
+        ValueError: another string, or empty or repeated axis names, naming ``name``.
     """
     if split is None or (isinstance(split, str) and split == "auto"):
         return split
-    if isinstance(split, (tuple, list)) and all(isinstance(a, str) and a for a in split):
-        if len(set(split)) == len(split):
-            return tuple(split)
+    is_names = isinstance(split, (tuple, list)) and all(isinstance(a, str) for a in split)
+    if not isinstance(split, str) and not is_names:
+        raise TypeError(
+            f"{name} must be 'auto', None or a tuple of mesh axis names (strings); "
+            f"got {name}={split!r} of type {type(split).__name__}."
+        )
+    if is_names and all(split) and len(set(split)) == len(split):
+        return tuple(split)
     raise ValueError(
         f"{name} must be 'auto', None or a tuple of distinct mesh axis names; "
         f"got {name}={split!r}."

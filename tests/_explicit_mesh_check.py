@@ -48,7 +48,7 @@ def main() -> None:
     }
     result = {}
     for filtered in (False, True):
-        tx = fo.muon(1e-3, filter_gamma=10.0 if filtered else None)
+        tx = fo.muon(1e-3, filter_gamma=10.0 if filtered else float("inf"))
         reference, _ = jax.jit(tx.update)(grads, tx.init(params), params)
         for name, layout in layouts.items():
 

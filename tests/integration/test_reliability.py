@@ -119,7 +119,7 @@ BAD_MUON = [
     (dict(coefficients="keller", ns_steps=0), "ns_steps"),
     (dict(scale="bogus"), "scale"),
     (dict(scale=-1.0), "scale"),
-    (dict(scale=None), "scale"),
+    # scale=None is a TypeError now (wrong type): tests/test_muon_new_user_bugs.py.
     (dict(rms=-0.2), "rms"),
     (dict(eps=-1.0), "eps"),
     (dict(compute_dtype="int32"), "compute_dtype"),

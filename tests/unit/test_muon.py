@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from benchmarks.data import read_tinyshakespeare
-from filtered_optax import MatrixSpec, WithMomentsState
+from filtered_optax import MatrixSpec, WithMomentsState, describe
 from filtered_optax._muon import muon, scale_by_muon
 from filtered_optax._orthogonal import newton_schulz
 from filtered_optax._routing import muon_labels, muon_specs, routing_table
@@ -555,7 +555,11 @@ def test_defaults_are_documented_choices():
     import inspect
 
     sig = inspect.signature(muon).parameters
-    assert sig["coefficients"].default == "polar_express"  # what makes moonshot RMS = 0.2
+    # Polar Express is what makes moonshot RMS = 0.2; fo.muon spells it None (so that
+    # optax's alias ns_coeffs can be told apart), scale_by_muon by name.
+    assert sig["coefficients"].default is None
+    assert inspect.signature(scale_by_muon).parameters["coefficients"].default == "polar_express"
+    assert "coefficients='polar_express'" in str(describe(muon(0.01)))
     assert sig["scale"].default == "moonshot" and sig["bias_correction"].default is False
     assert sig["weight_decay"].default == 0.1 and sig["beta"].default == 0.95
 

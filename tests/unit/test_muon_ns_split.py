@@ -115,12 +115,14 @@ def test_one_device_is_bitwise_the_unsplit_update(on_mesh):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("bad", ["all", ("x", "x"), ("",), 3, ("x", 1)])
-def test_bad_ns_split_axes(bad):
+@pytest.mark.parametrize("bad, error", [("all", ValueError), (("x", "x"), ValueError),
+                                        (("",), ValueError), (3, TypeError),
+                                        (("x", 1), TypeError)])
+def test_bad_ns_split_axes(bad, error):
     for make in (lambda: fo.muon(1e-3, ns_split_axes=bad),
                  lambda: fo.scale_by_muon(ns_split_axes=bad),
                  lambda: fo.orthogonal_update(ns_split_axes=bad)):
-        with pytest.raises(ValueError, match="ns_split_axes"):
+        with pytest.raises(error, match="ns_split_axes"):
             make()
 
 
