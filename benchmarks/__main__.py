@@ -24,13 +24,18 @@ from benchmarks.suite import cli as suite_cli
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     suite_cli.add_parsers(sub)
-    if "jax" not in sys.modules and (("ladder" in argv and "--quick" in argv)
-                                     or argv[:1] in (["run"], ["report"])
-                                     and "smoke" in argv):
+    if "jax" not in sys.modules and (
+        ("ladder" in argv and "--quick" in argv)
+        or argv[:1] in (["run"], ["report"])
+        and "smoke" in argv
+    ):
         # Plumbing runs are all compile time: ask XLA for its cheapest code generation.
         os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
     from benchmarks import ladder, perf

@@ -117,15 +117,16 @@ def choose_lr(problem: Problem, values: np.ndarray) -> int:
 # ----------------------------------------------------------------------------- running
 
 
-def _knob_arrays(problem: Problem, steps: int, overrides: dict[str, float] | None = None
-                 ) -> dict[str, jax.Array]:
+def _knob_arrays(
+    problem: Problem, steps: int, overrides: dict[str, float] | None = None
+) -> dict[str, jax.Array]:
     knobs = {**problem.knobs, **(overrides or {}), "steps": float(steps)}
     return {k: jnp.float32(v) for k, v in knobs.items()}
 
 
-def make_run_fn(problem: Problem, spec: str, steps: int
-                ) -> Callable[[Sequence[float], Sequence[int], dict[str, float] | None],
-                              np.ndarray]:
+def make_run_fn(
+    problem: Problem, spec: str, steps: int
+) -> Callable[[Sequence[float], Sequence[int], dict[str, float] | None], np.ndarray]:
     """``fn(lrs, seeds, knob_overrides=None) -> traj[n_lr, n_seeds, steps]`` (numpy float32).
 
     One jitted program: ``lax.scan`` over the steps, vmapped over seeds and learning rates;
@@ -159,11 +160,16 @@ def make_run_fn(problem: Problem, spec: str, steps: int
             return np.asarray(compiled(jnp.asarray(lrs, jnp.float32), seeds_a, knobs))
         except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError):
             # An optimizer that needs a concrete learning rate: one program per rate.
-            return np.concatenate([
-                np.asarray(jax.jit(lambda s, k, lr=float(lr): batched(
-                    jnp.asarray([lr], jnp.float32), s, k))(seeds_a, knobs))
-                for lr in lrs
-            ])
+            return np.concatenate(
+                [
+                    np.asarray(
+                        jax.jit(
+                            lambda s, k, lr=float(lr): batched(jnp.asarray([lr], jnp.float32), s, k)
+                        )(seeds_a, knobs)
+                    )
+                    for lr in lrs
+                ]
+            )
 
     return fn
 
@@ -220,8 +226,14 @@ def _clean(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def run_cell(problem: Problem, spec: str, steps: int, lr_exps: list[int],
-             tune_seeds: list[int], heldout_seeds: list[int]) -> Cell:
+def run_cell(
+    problem: Problem,
+    spec: str,
+    steps: int,
+    lr_exps: list[int],
+    tune_seeds: list[int],
+    heldout_seeds: list[int],
+) -> Cell:
     """Tune on ``tune_seeds``, evaluate at the chosen LR on ``heldout_seeds`` (one program)."""
     t0 = time.perf_counter()
     fn = make_run_fn(problem, spec, steps)
@@ -232,16 +244,22 @@ def run_cell(problem: Problem, spec: str, steps: int, lr_exps: list[int],
     i = choose_lr(problem, tune)
     idx = np.unique(np.linspace(0, steps - 1, CURVE_POINTS).astype(int))
     with np.errstate(invalid="ignore"):
-        curve = np.median(np.where(np.isfinite(traj[i, nt:][:, idx]), traj[i, nt:][:, idx],
-                                   np.inf), axis=0)
+        curve = np.median(
+            np.where(np.isfinite(traj[i, nt:][:, idx]), traj[i, nt:][:, idx], np.inf), axis=0
+        )
     return Cell(
-        problem=problem.name, spec=spec, lr_exps=list(lr_exps),
+        problem=problem.name,
+        spec=spec,
+        lr_exps=list(lr_exps),
         tune_pass=[int(x) for x in passes(problem, tune).sum(1)],
         tune_median=[_clean(np.median(np.nan_to_num(r, nan=np.inf))) for r in tune],
-        chosen=i, heldout_values=[_clean(v) for v in held[i]],
-        heldout_pass=int(passes(problem, held[i]).sum()), heldout_n=len(heldout_seeds),
+        chosen=i,
+        heldout_values=[_clean(v) for v in held[i]],
+        heldout_pass=int(passes(problem, held[i]).sum()),
+        heldout_n=len(heldout_seeds),
         heldout_pass_by_lr=[int(x) for x in passes(problem, held).sum(1)],
-        curve=[_clean(v) for v in curve], curve_steps=[int(s) + 1 for s in idx],
+        curve=[_clean(v) for v in curve],
+        curve_steps=[int(s) + 1 for s in idx],
         seconds=time.perf_counter() - t0,
     )
 
@@ -264,17 +282,18 @@ class LadderConfig:
     quick: bool = False
 
     @staticmethod
-    def make(quick: bool = False, seeds: int | None = None,
-             problems: Sequence[str] | None = None) -> LadderConfig:
+    def make(
+        quick: bool = False, seeds: int | None = None, problems: Sequence[str] | None = None
+    ) -> LadderConfig:
         """The default (or ``quick``) configuration, with optional overrides."""
         names = tuple(problems) if problems else tuple(p.name for p in PROBLEMS)
         unknown = [n for n in names if n not in {p.name for p in PROBLEMS}]
         if unknown:
-            raise ValueError(f"unknown ladder problem(s) {unknown}; valid: "
-                             f"{[p.name for p in PROBLEMS]}")
+            raise ValueError(
+                f"unknown ladder problem(s) {unknown}; valid: {[p.name for p in PROBLEMS]}"
+            )
         if quick:
-            return LadderConfig(QUICK_SPECS, names, QUICK_N_LR, 2, seeds or 2, QUICK_STEP_DIV,
-                                True)
+            return LadderConfig(QUICK_SPECS, names, QUICK_N_LR, 2, seeds or 2, QUICK_STEP_DIV, True)
         return LadderConfig(SPECS, names, N_LR, TUNE_SEEDS, seeds or HELDOUT_SEEDS, 1, False)
 
     def steps(self, problem: Problem) -> int:
@@ -318,35 +337,72 @@ def to_json(cfg: LadderConfig, cells: list[Cell], meta: dict[str, Any]) -> dict[
         "schema": "ladder/1",
         **meta,
         "config": {
-            "specs": list(cfg.specs), "n_lr": cfg.n_lr, "lr_centres_log2": LR_CENTRES,
+            "specs": list(cfg.specs),
+            "n_lr": cfg.n_lr,
+            "lr_centres_log2": LR_CENTRES,
             "tune_seeds": list(range(cfg.tune_seeds)),
             "heldout_seeds": list(range(HELDOUT_BASE, HELDOUT_BASE + cfg.heldout_seeds)),
-            "quick": cfg.quick, "step_div": cfg.step_div,
+            "quick": cfg.quick,
+            "step_div": cfg.step_div,
             "selection": "most passes on the tuning seeds, then lowest median log10 value, "
-                         "then the smaller LR",
+            "then the smaller LR",
             "interval": "95 % Wilson score interval on the held-out pass rate",
         },
-        "problems": [{
-            "name": p.name, "level": p.level, "title": p.title, "hard": p.hard,
-            "criterion": p.criterion, "threshold": p.threshold, "window": p.window,
-            "steps": cfg.steps(p), "knobs": p.knobs, "matrix": p.matrix,
-            "witness": {"spec": p.witness.spec, "lr": p.witness.lr, "knobs": p.witness.knobs,
-                        "note": p.witness.note},
-        } for p in probs],
-        "cells": [{
-            "problem": c.problem, "spec": c.spec, "lr_exps": c.lr_exps,
-            "lrs": [2.0**k for k in c.lr_exps], "tune_pass": c.tune_pass,
-            "tune_median": c.tune_median, "chosen_lr": c.chosen_lr,
-            "chosen_lr_exp": c.lr_exps[c.chosen], "chosen_on_grid_edge": c.on_edge,
-            "heldout_pass": c.heldout_pass, "heldout_n": c.heldout_n,
-            "pass_rate": c.rate, "wilson95": list(c.interval),
-            "heldout_values": c.heldout_values, "heldout_pass_by_lr": c.heldout_pass_by_lr,
-            "lr_band": c.band, "curve_steps": c.curve_steps, "curve_median": c.curve,
-            "seconds": c.seconds,
-        } for c in cells],
-        "not_run": [{"problem": p.name, "spec": s,
-                     "why": "parameters are a vector: Muon applies to matrices only"}
-                    for p in probs for s in cfg.specs if not applies(p, s)],
+        "problems": [
+            {
+                "name": p.name,
+                "level": p.level,
+                "title": p.title,
+                "hard": p.hard,
+                "criterion": p.criterion,
+                "threshold": p.threshold,
+                "window": p.window,
+                "steps": cfg.steps(p),
+                "knobs": p.knobs,
+                "matrix": p.matrix,
+                "witness": {
+                    "spec": p.witness.spec,
+                    "lr": p.witness.lr,
+                    "knobs": p.witness.knobs,
+                    "note": p.witness.note,
+                },
+            }
+            for p in probs
+        ],
+        "cells": [
+            {
+                "problem": c.problem,
+                "spec": c.spec,
+                "lr_exps": c.lr_exps,
+                "lrs": [2.0**k for k in c.lr_exps],
+                "tune_pass": c.tune_pass,
+                "tune_median": c.tune_median,
+                "chosen_lr": c.chosen_lr,
+                "chosen_lr_exp": c.lr_exps[c.chosen],
+                "chosen_on_grid_edge": c.on_edge,
+                "heldout_pass": c.heldout_pass,
+                "heldout_n": c.heldout_n,
+                "pass_rate": c.rate,
+                "wilson95": list(c.interval),
+                "heldout_values": c.heldout_values,
+                "heldout_pass_by_lr": c.heldout_pass_by_lr,
+                "lr_band": c.band,
+                "curve_steps": c.curve_steps,
+                "curve_median": c.curve,
+                "seconds": c.seconds,
+            }
+            for c in cells
+        ],
+        "not_run": [
+            {
+                "problem": p.name,
+                "spec": s,
+                "why": "parameters are a vector: Muon applies to matrices only",
+            }
+            for p in probs
+            for s in cfg.specs
+            if not applies(p, s)
+        ],
     }
 
 
@@ -375,13 +431,22 @@ def plot_heatmap(cfg: LadderConfig, cells: list[Cell], path: Path) -> None:
                 continue
             edge = "*" if c.on_edge else ""
             dark = c.rate < 0.2 or c.rate > 0.85  # the colormap's dark ends: white text
-            ax.text(j, i, f"{c.heldout_pass}/{c.heldout_n}{edge}", ha="center", va="center",
-                    fontsize=8, color="white" if dark else "black")
-    ax.set_xticks(range(len(probs)), [f"{p.level}. {p.name}" for p in probs], rotation=30,
-                  ha="right")
+            ax.text(
+                j,
+                i,
+                f"{c.heldout_pass}/{c.heldout_n}{edge}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "black",
+            )
+    ax.set_xticks(
+        range(len(probs)), [f"{p.level}. {p.name}" for p in probs], rotation=30, ha="right"
+    )
     ax.set_yticks(range(len(cfg.specs)), [_short(s) for s in cfg.specs])
-    ax.set_title("held-out pass rate at the LR chosen on tuning seeds (* = LR on grid edge)",
-                 fontsize=9)
+    ax.set_title(
+        "held-out pass rate at the LR chosen on tuning seeds (* = LR on grid edge)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -405,14 +470,20 @@ def plot_curves(cfg: LadderConfig, cells: list[Cell], path: Path) -> None:
             if c is None:
                 continue
             y = np.array([np.nan if v is None else v for v in c.curve], float)
-            ax.plot(c.curve_steps, np.clip(y, 1e-12, 1e12), color=cmap(i % 10),
-                    ls=("-", "--", ":")[(i // 10) % 3], lw=1.2, label=_short(s))
+            ax.plot(
+                c.curve_steps,
+                np.clip(y, 1e-12, 1e12),
+                color=cmap(i % 10),
+                ls=("-", "--", ":")[(i // 10) % 3],
+                lw=1.2,
+                label=_short(s),
+            )
         ax.axhline(p.threshold, color="k", ls=":", lw=1)
         ax.set_yscale("log")
         ax.set_title(f"{p.level}. {p.name}", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(probs):]:
+    for ax in list(axes.flat)[len(probs) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     for ax in axes.flat:  # the first panel may lack the matrix-only columns
@@ -420,8 +491,11 @@ def plot_curves(cfg: LadderConfig, cells: list[Cell], path: Path) -> None:
         if len(lab) > len(labels):
             handles, labels = h, lab
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7)
-    fig.suptitle("median over held-out seeds of the criterion's tracked quantity at the chosen "
-                 "LR (dotted: threshold; a window criterion averages the last 10 %)", fontsize=9)
+    fig.suptitle(
+        "median over held-out seeds of the criterion's tracked quantity at the chosen "
+        "LR (dotted: threshold; a window criterion averages the last 10 %)",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 0.96))
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -429,8 +503,7 @@ def plot_curves(cfg: LadderConfig, cells: list[Cell], path: Path) -> None:
 
 READING_START = "<!-- reading:start -->"
 READING_END = "<!-- reading:end -->"
-_DEFAULT_READING = ("_No hand-written reading yet: the facts above are computed from "
-                    "results.json._")
+_DEFAULT_READING = "_No hand-written reading yet: the facts above are computed from results.json._"
 
 
 def _existing_reading(path: Path) -> str | None:
@@ -442,11 +515,15 @@ def _existing_reading(path: Path) -> str | None:
     return None
 
 
-def _grid(cfg: Any, probs: list[Any], by: dict[tuple[str, str], Any],
-          cell: Callable[[Any], str]) -> list[list[str]]:
+def _grid(
+    cfg: Any, probs: list[Any], by: dict[tuple[str, str], Any], cell: Callable[[Any], str]
+) -> list[list[str]]:
     """Table rows: one per optimizer, ``cell(result)`` per problem ("n/a" where not run)."""
-    return [[f"`{_short(s)}`"] + ["n/a" if (c := by.get((s, p.name))) is None else cell(c)
-                                  for p in probs] for s in cfg.specs]
+    return [
+        [f"`{_short(s)}`"]
+        + ["n/a" if (c := by.get((s, p.name))) is None else cell(c) for p in probs]
+        for s in cfg.specs
+    ]
 
 
 def _facts(cfg: LadderConfig, cells: list[Cell]) -> list[str]:
@@ -459,9 +536,11 @@ def _facts(cfg: LadderConfig, cells: list[Cell]) -> list[str]:
         good = [_short(c.spec) for c in row if c.heldout_pass == c.heldout_n]
         none = [_short(c.spec) for c in row if c.heldout_pass == 0]
         mean = np.mean([c.rate for c in row]) if row else math.nan
-        out.append(f"- **{p.level}. {p.name}** (mean pass rate {mean:.0%}): all held-out seeds "
-                   f"pass for {', '.join(good) if good else 'no optimizer'}; none pass for "
-                   f"{', '.join(none) if none else 'no optimizer'}.")
+        out.append(
+            f"- **{p.level}. {p.name}** (mean pass rate {mean:.0%}): all held-out seeds "
+            f"pass for {', '.join(good) if good else 'no optimizer'}; none pass for "
+            f"{', '.join(none) if none else 'no optimizer'}."
+        )
     base = "adam"
     for s in cfg.specs:
         if s == base:
@@ -477,28 +556,32 @@ def _facts(cfg: LadderConfig, cells: list[Cell]) -> list[str]:
             elif ahi < blo:
                 worse.append(p.name)
         if better or worse:
-            out.append(f"- {_short(s)} vs adam, Wilson intervals disjoint: better on "
-                       f"{', '.join(better) or '—'}; worse on {', '.join(worse) or '—'}.")
+            out.append(
+                f"- {_short(s)} vs adam, Wilson intervals disjoint: better on "
+                f"{', '.join(better) or '—'}; worse on {', '.join(worse) or '—'}."
+            )
     edges = [f"{_short(c.spec)} on {c.problem}" for c in cells if c.on_edge]
     if edges:
-        out.append(f"- Chosen LR on the edge of the grid ({len(edges)} cells): "
-                   + "; ".join(edges) + ".")
+        out.append(
+            f"- Chosen LR on the edge of the grid ({len(edges)} cells): " + "; ".join(edges) + "."
+        )
     return out
 
 
-def write_markdown(cfg: LadderConfig, cells: list[Cell], meta: dict[str, Any],
-                   path: Path) -> None:
+def write_markdown(cfg: LadderConfig, cells: list[Cell], meta: dict[str, Any], path: Path) -> None:
     """LADDER.md: command, environment, criteria, pass-rate and LR tables, facts, reading."""
     probs = [p for p in PROBLEMS if p.name in cfg.problems]
     by = {(c.spec, c.problem): c for c in cells}
     env = meta.get("env", {})
     reading = _existing_reading(path) or _DEFAULT_READING
     lines = [
-        "# Difficulty ladder", "",
+        "# Difficulty ladder",
+        "",
         "Cheap synthetic problems of increasing difficulty, each with a pass criterion fixed in "
         "code from witness runs, before the compared optimizers were run "
         "(`benchmarks/ladder_problems.py`; exceptions, if any, are disclosed in the reading), "
-        "run by `benchmarks/ladder.py`.", "",
+        "run by `benchmarks/ladder.py`.",
+        "",
         f"- command: `{meta.get('command', '')}`",
         f"- wall time: {meta.get('wall_s', math.nan):.0f} s "
         f"({len(cells)} problem × optimizer cells, one compiled program each)",
@@ -506,10 +589,15 @@ def write_markdown(cfg: LadderConfig, cells: list[Cell], meta: dict[str, Any],
         "- environment: " + ", ".join(f"{k} {v}" for k, v in env.items()),
     ]
     if cfg.quick:
-        lines += ["", "**Quick run (plumbing check): steps divided by "
-                  f"{cfg.step_div}, few seeds and LRs. The pass rates below mean nothing.**"]
+        lines += [
+            "",
+            "**Quick run (plumbing check): steps divided by "
+            f"{cfg.step_div}, few seeds and LRs. The pass rates below mean nothing.**",
+        ]
     lines += [
-        "", "## Protocol", "",
+        "",
+        "## Protocol",
+        "",
         f"- Learning rates: {cfg.n_lr} points of the ×2 lattice `lr = 2**k` per optimizer, "
         "centred on its family's centre: "
         + ", ".join(f"{f} k = {k}" for f, k in LR_CENTRES.items() if f in ("adam", "sgd"))
@@ -527,18 +615,38 @@ def write_markdown(cfg: LadderConfig, cells: list[Cell], meta: dict[str, Any],
         "- `filtered_adam(gamma=inf)` is not a column: with `eta = 1` it is Adam exactly "
         "(bitwise, checked by the test battery). The library default `filtered_adam` is "
         "`eta = 1, gamma = 10`: spike clipping with no smoothing.",
-        "", "## Problems and pass criteria", "",
-        _table(["level", "problem", "what is hard", "pass criterion", "witness (criterion is "
-                "reachable)"],
-               [[str(p.level), f"`{p.name}`: {p.title}", p.hard, p.criterion,
-                 f"{p.witness.note}" + (f" (knobs {p.witness.knobs})" if p.witness.knobs
-                                        else "")]
-                for p in probs]),
-        "", "A witness run and a learning rate of 0 are checked by "
+        "",
+        "## Problems and pass criteria",
+        "",
+        _table(
+            [
+                "level",
+                "problem",
+                "what is hard",
+                "pass criterion",
+                "witness (criterion is reachable)",
+            ],
+            [
+                [
+                    str(p.level),
+                    f"`{p.name}`: {p.title}",
+                    p.hard,
+                    p.criterion,
+                    f"{p.witness.note}"
+                    + (f" (knobs {p.witness.knobs})" if p.witness.knobs else ""),
+                ]
+                for p in probs
+            ],
+        ),
+        "",
+        "A witness run and a learning rate of 0 are checked by "
         "`tests/benchmarks/test_ladder.py`: the witness passes, learning rate 0 fails every "
         "problem.",
-        "", "## Held-out pass rates", "",
-        "![heatmap](heatmap.png)", "",
+        "",
+        "## Held-out pass rates",
+        "",
+        "![heatmap](heatmap.png)",
+        "",
     ]
     header = ["optimizer"] + [f"{p.level}. {p.name}" for p in probs] + ["total"]
     rows = []
@@ -555,43 +663,85 @@ def write_markdown(cfg: LadderConfig, cells: list[Cell], meta: dict[str, Any],
             n_all += c.heldout_n
         row.append(f"{k_all}/{n_all}")
         rows.append(row)
-    lines += [_table(header, rows), "",
-              "Cells: passes / held-out seeds [95 % Wilson interval].", "",
-              "## Chosen learning rates", "",
-              "`k` of `lr = 2**k`; `*` = on the edge of the grid (the best rate may lie "
-              "outside); in brackets the tuning-seed passes at that rate.", ""]
-    chosen = _grid(cfg, probs, by, lambda c: f"{c.lr_exps[c.chosen]}{'*' if c.on_edge else ''} "
-                                             f"({c.tune_pass[c.chosen]}/{cfg.tune_seeds})")
-    lines += [_table(["optimizer"] + [p.name for p in probs], chosen), "",
-              "## Width of the working LR band", "",
-              f"Descriptive only (not used to choose anything): how many of the {cfg.n_lr} grid "
-              f"rates (×2 apart) pass on at least {BAND_FRAC:.0%} of the held-out seeds. A wide "
-              "band means the result does not hinge on the tuning.", ""]
+    lines += [
+        _table(header, rows),
+        "",
+        "Cells: passes / held-out seeds [95 % Wilson interval].",
+        "",
+        "## Chosen learning rates",
+        "",
+        "`k` of `lr = 2**k`; `*` = on the edge of the grid (the best rate may lie "
+        "outside); in brackets the tuning-seed passes at that rate.",
+        "",
+    ]
+    chosen = _grid(
+        cfg,
+        probs,
+        by,
+        lambda c: (
+            f"{c.lr_exps[c.chosen]}{'*' if c.on_edge else ''} "
+            f"({c.tune_pass[c.chosen]}/{cfg.tune_seeds})"
+        ),
+    )
+    lines += [
+        _table(["optimizer"] + [p.name for p in probs], chosen),
+        "",
+        "## Width of the working LR band",
+        "",
+        f"Descriptive only (not used to choose anything): how many of the {cfg.n_lr} grid "
+        f"rates (×2 apart) pass on at least {BAND_FRAC:.0%} of the held-out seeds. A wide "
+        "band means the result does not hinge on the tuning.",
+        "",
+    ]
     bands = _grid(cfg, probs, by, lambda c: str(c.band))
-    lines += [_table(["optimizer"] + [p.name for p in probs], bands), "",
-              "![curves](curves.png)", "",
-              "## Facts computed from the results", ""]
+    lines += [
+        _table(["optimizer"] + [p.name for p in probs], bands),
+        "",
+        "![curves](curves.png)",
+        "",
+        "## Facts computed from the results",
+        "",
+    ]
     lines += _facts(cfg, cells)
-    lines += ["", "## Reading", "", READING_START, reading, READING_END, "",
-              "## Files", "",
-              "- `results.json`: configuration, problems and criteria, and per cell the tuning "
-              "passes and medians per LR, the chosen LR, held-out values per seed, held-out "
-              "passes at every LR, and the median curve.",
-              "- `heatmap.png`, `curves.png`: the figures above.", ""]
+    lines += [
+        "",
+        "## Reading",
+        "",
+        READING_START,
+        reading,
+        READING_END,
+        "",
+        "## Files",
+        "",
+        "- `results.json`: configuration, problems and criteria, and per cell the tuning "
+        "passes and medians per LR, the chosen LR, held-out values per seed, held-out "
+        "passes at every LR, and the median curve.",
+        "- `heatmap.png`, `curves.png`: the figures above.",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
-def main(out: Path, command: str, quick: bool = False, seeds: int | None = None,
-         problems: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
+def main(
+    out: Path,
+    command: str,
+    quick: bool = False,
+    seeds: int | None = None,
+    problems: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the ladder and write results.json, heatmap.png, curves.png and LADDER.md."""
     cfg = LadderConfig.make(quick, seeds, problems)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cells = run_ladder(cfg, progress)
     wall = time.perf_counter() - t0
-    meta = {"command": command, "wall_s": wall,
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "env": provenance()}
+    meta = {
+        "command": command,
+        "wall_s": wall,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "env": provenance(),
+    }
     res = to_json(cfg, cells, meta)
     (out / "results.json").write_text(json.dumps(res, indent=1))
     plot_heatmap(cfg, cells, out / "heatmap.png")
@@ -603,16 +753,33 @@ def main(out: Path, command: str, quick: bool = False, seeds: int | None = None,
 def cells_from_json(res: dict[str, Any]) -> tuple[LadderConfig, list[Cell]]:
     """Configuration and cells back from ``results.json`` (to rewrite the report)."""
     c = res["config"]
-    cfg = LadderConfig(tuple(c["specs"]), tuple(p["name"] for p in res["problems"]),
-                       int(c["n_lr"]), len(c["tune_seeds"]), len(c["heldout_seeds"]),
-                       int(c["step_div"]), bool(c["quick"]))
-    cells = [Cell(problem=d["problem"], spec=d["spec"], lr_exps=d["lr_exps"],
-                  tune_pass=d["tune_pass"], tune_median=d["tune_median"],
-                  chosen=d["lr_exps"].index(d["chosen_lr_exp"]),
-                  heldout_values=d["heldout_values"], heldout_pass=d["heldout_pass"],
-                  heldout_n=d["heldout_n"], heldout_pass_by_lr=d["heldout_pass_by_lr"],
-                  curve=d["curve_median"], curve_steps=d["curve_steps"], seconds=d["seconds"])
-             for d in res["cells"]]
+    cfg = LadderConfig(
+        tuple(c["specs"]),
+        tuple(p["name"] for p in res["problems"]),
+        int(c["n_lr"]),
+        len(c["tune_seeds"]),
+        len(c["heldout_seeds"]),
+        int(c["step_div"]),
+        bool(c["quick"]),
+    )
+    cells = [
+        Cell(
+            problem=d["problem"],
+            spec=d["spec"],
+            lr_exps=d["lr_exps"],
+            tune_pass=d["tune_pass"],
+            tune_median=d["tune_median"],
+            chosen=d["lr_exps"].index(d["chosen_lr_exp"]),
+            heldout_values=d["heldout_values"],
+            heldout_pass=d["heldout_pass"],
+            heldout_n=d["heldout_n"],
+            heldout_pass_by_lr=d["heldout_pass_by_lr"],
+            curve=d["curve_median"],
+            curve_steps=d["curve_steps"],
+            seconds=d["seconds"],
+        )
+        for d in res["cells"]
+    ]
     return cfg, cells
 
 
@@ -636,24 +803,38 @@ def summary_text(res: dict[str, Any]) -> str:
     lines = [" " * w + "  " + " ".join(f"{p[:11]:>11s}" for p in probs)]
     for s in res["config"]["specs"]:
         cells = [by.get((s, p)) for p in probs]
-        lines.append(f"{_short(s):{w}s}  " + " ".join(
-            f"{'n/a':>11s}" if c is None else f"{c['heldout_pass']:>5d}/{c['heldout_n']:<5d}"
-            for c in cells))
+        lines.append(
+            f"{_short(s):{w}s}  "
+            + " ".join(
+                f"{'n/a':>11s}" if c is None else f"{c['heldout_pass']:>5d}/{c['heldout_n']:<5d}"
+                for c in cells
+            )
+        )
     return "\n".join(lines)
 
 
 def add_parsers(sub: Any) -> None:
     """The ``ladder`` subcommand."""
-    lad = sub.add_parser("ladder", help="the difficulty ladder: synthetic problems with fixed "
-                                        "pass criteria, every optimizer, pass-rate heatmap")
+    lad = sub.add_parser(
+        "ladder",
+        help="the difficulty ladder: synthetic problems with fixed "
+        "pass criteria, every optimizer, pass-rate heatmap",
+    )
     lad.add_argument("--out", default=None, help="output dir (default benchmarks/results/ladder)")
-    lad.add_argument("--seeds", type=int, default=None,
-                     help="held-out seeds per cell (default 16; quick: 2)")
-    lad.add_argument("--quick", action="store_true",
-                     help="plumbing check: few steps, seeds, LRs and optimizers (seconds)")
+    lad.add_argument(
+        "--seeds", type=int, default=None, help="held-out seeds per cell (default 16; quick: 2)"
+    )
+    lad.add_argument(
+        "--quick",
+        action="store_true",
+        help="plumbing check: few steps, seeds, LRs and optimizers (seconds)",
+    )
     lad.add_argument("--problems", default=None, help="comma-separated subset of the problems")
-    lad.add_argument("--report", action="store_true",
-                     help="only rewrite LADDER.md and the figures from OUT/results.json")
+    lad.add_argument(
+        "--report",
+        action="store_true",
+        help="only rewrite LADDER.md and the figures from OUT/results.json",
+    )
 
 
 def cli(a: Any, command: str) -> int:
@@ -668,9 +849,16 @@ def cli(a: Any, command: str) -> int:
         print(summary_text(rewrite_report(out)))
         print(f"\nrewrote {out / 'LADDER.md'} and the figures")
         return 0
-    res = main(out, command, quick=a.quick, seeds=a.seeds,
-               problems=a.problems.split(",") if a.problems else None)
+    res = main(
+        out,
+        command,
+        quick=a.quick,
+        seeds=a.seeds,
+        problems=a.problems.split(",") if a.problems else None,
+    )
     print(summary_text(res))
-    print(f"\nwrote {out / 'LADDER.md'}, results.json, heatmap.png, curves.png "
-          f"({time.perf_counter() - t0:.0f} s total)")
+    print(
+        f"\nwrote {out / 'LADDER.md'}, results.json, heatmap.png, curves.png "
+        f"({time.perf_counter() - t0:.0f} s total)"
+    )
     return 0

@@ -109,21 +109,36 @@ def _quad_track(x, inst, t, knobs):
 _QUAD_CRITERION = "‖X_T − X*‖_F ≤ 1e-2 · ‖X_0 − X*‖_F at the final step T = 1000"
 
 ILL_QUAD = Problem(
-    name="ill_quad", level=1, title="ill-conditioned quadratic (κ = 1e3, axis-aligned)",
+    name="ill_quad",
+    level=1,
+    title="ill-conditioned quadratic (κ = 1e3, axis-aligned)",
     hard="curvatures spread over 3 decades; a single step size is too big or too small",
-    criterion=_QUAD_CRITERION, steps=1000, threshold=1e-2, window=0.0,
-    knobs={"log10_kappa": 3.0}, setup=_quad_setup(False), grad=_quad_grad, track=_quad_track,
+    criterion=_QUAD_CRITERION,
+    steps=1000,
+    threshold=1e-2,
+    window=0.0,
+    knobs={"log10_kappa": 3.0},
+    setup=_quad_setup(False),
+    grad=_quad_grad,
+    track=_quad_track,
     # Heavy ball, lr·h_min/(1−β) = 1e-2 per step: e^-10 on the flattest direction by T = 1000.
     witness=Witness(SGD_M, 1.0, note="heavy-ball SGD at lr 1 (= 1/h_max)"),
     matrix=True,
 )
 
 ROTATED_QUAD = Problem(
-    name="rotated_quad", level=2, title="rotated ill-conditioned quadratic (κ = 1e3)",
-    hard="same spectrum as level 1 in a random basis: per-coordinate scaling cannot align "
-         "with it",
-    criterion=_QUAD_CRITERION, steps=1000, threshold=1e-2, window=0.0,
-    knobs={"log10_kappa": 3.0}, setup=_quad_setup(True), grad=_quad_grad, track=_quad_track,
+    name="rotated_quad",
+    level=2,
+    title="rotated ill-conditioned quadratic (κ = 1e3)",
+    hard="same spectrum as level 1 in a random basis: per-coordinate scaling cannot align with it",
+    criterion=_QUAD_CRITERION,
+    steps=1000,
+    threshold=1e-2,
+    window=0.0,
+    knobs={"log10_kappa": 3.0},
+    setup=_quad_setup(True),
+    grad=_quad_grad,
+    track=_quad_track,
     # Heavy ball is rotation invariant: the same witness as level 1.
     witness=Witness(SGD_M, 1.0, note="heavy-ball SGD at lr 1 (rotation invariant)"),
     matrix=True,
@@ -138,8 +153,9 @@ N_X, N_Y = 24, 8
 
 def _saddle_setup(key, knobs):
     kx, ky = jax.random.split(key)
-    x0 = jnp.concatenate([jax.random.normal(kx, (N_X,)),
-                          knobs["y0_scale"] * jax.random.normal(ky, (N_Y,))])
+    x0 = jnp.concatenate(
+        [jax.random.normal(kx, (N_X,)), knobs["y0_scale"] * jax.random.normal(ky, (N_Y,))]
+    )
     return {"h": jnp.logspace(-1.0, 0.0, N_X)}, x0
 
 
@@ -160,13 +176,20 @@ def _saddle_track(z, inst, t, knobs):
 
 
 SADDLE = Problem(
-    name="saddle", level=3, title="escape a strict saddle (negative curvature −1e-3)",
+    name="saddle",
+    level=3,
+    title="escape a strict saddle (negative curvature −1e-3)",
     hard="the escape coordinates start at ~1e-6, on a curvature (−1e-3) 100–1000× flatter "
-         "than the bowl's",
+    "than the bowl's",
     criterion="f(x_T) ≤ 1e-3 · f(saddle) at the final step T = 2000 (escaped along all 8 "
-              "negative directions and settled in a minimum)",
-    steps=2000, threshold=1e-3, window=0.0, knobs={"eps": 1e-3, "y0_scale": 1e-6},
-    setup=_saddle_setup, grad=_saddle_grad, track=_saddle_track,
+    "negative directions and settled in a minimum)",
+    steps=2000,
+    threshold=1e-3,
+    window=0.0,
+    knobs={"eps": 1e-3, "y0_scale": 1e-6},
+    setup=_saddle_setup,
+    grad=_saddle_grad,
+    track=_saddle_track,
     # Escape rate ≈ lr·ε/(1−β) = 0.03 per step: 1e-6 → 1 in ≈ 460 steps, then the minimum
     # (curvature 2ε) is reached geometrically; lr·h_max = 3 < 2(1+β) keeps the bowl stable.
     witness=Witness(SGD_M, 3.0, note="heavy-ball SGD at lr 3"),
@@ -194,8 +217,11 @@ def _heavy_tail_grad(x, inst, t, key, knobs):
     del t
     h = _noisy_h()
     kn, kt = jax.random.split(key)
-    z = jnp.where(knobs["heavy"] > 0, jax.random.t(kt, knobs["nu"], (NOISY_DIM,)),
-                  jax.random.normal(kn, (NOISY_DIM,)))
+    z = jnp.where(
+        knobs["heavy"] > 0,
+        jax.random.t(kt, knobs["nu"], (NOISY_DIM,)),
+        jax.random.normal(kn, (NOISY_DIM,)),
+    )
     return h * (x - inst["x_star"]) + knobs["sigma"] * jnp.sqrt(h) * z
 
 
@@ -215,27 +241,42 @@ def _noisy_track(x, inst, t, knobs):
     return jnp.sum(h * (x - inst["x_star"]) ** 2) / jnp.sum(h * inst["x_star"] ** 2)
 
 
-_NOISY_CRITERION = ("mean of f(x_t)/f(x_0) over the last 10 % of T = 2000 steps ≤ 0.01 "
-                    "(exact, noise-free loss)")
+_NOISY_CRITERION = (
+    "mean of f(x_t)/f(x_0) over the last 10 % of T = 2000 steps ≤ 0.01 (exact, noise-free loss)"
+)
 # With Gaussian noise and no spikes the witness ends near 5e-4 (worst of 16 seeds 9e-4): the
 # threshold 0.01 leaves a 10× margin, so what fails on these rungs is the noise law.
 _NOISY_WITNESS_NOTE = "heavy-ball SGD at lr 0.01 with Gaussian noise and no spikes"
 
 HEAVY_TAIL = Problem(
-    name="heavy_tail", level=4, title="noisy quadratic, Student-t(1.5) gradient noise",
+    name="heavy_tail",
+    level=4,
+    title="noisy quadratic, Student-t(1.5) gradient noise",
     hard="infinite-variance noise: rare huge kicks, and √v is dominated by the outliers",
-    criterion=_NOISY_CRITERION, steps=2000, threshold=0.01, window=0.1,
+    criterion=_NOISY_CRITERION,
+    steps=2000,
+    threshold=0.01,
+    window=0.1,
     knobs={"sigma": 0.1, "heavy": 1.0, "nu": 1.5},
-    setup=_noisy_setup, grad=_heavy_tail_grad, track=_noisy_track,
+    setup=_noisy_setup,
+    grad=_heavy_tail_grad,
+    track=_noisy_track,
     witness=Witness(SGD_M, 0.01, {"heavy": 0.0}, note=_NOISY_WITNESS_NOTE),
 )
 
 SPIKES = Problem(
-    name="spikes", level=5, title="noisy quadratic with rare ×1e3 gradient spikes (p = 5e-3)",
+    name="spikes",
+    level=5,
+    title="noisy quadratic with rare ×1e3 gradient spikes (p = 5e-3)",
     hard="≈ 10 spikes per run, each 1000× the gradient: one can throw x far or inflate √v",
-    criterion=_NOISY_CRITERION, steps=2000, threshold=0.01, window=0.1,
+    criterion=_NOISY_CRITERION,
+    steps=2000,
+    threshold=0.01,
+    window=0.1,
     knobs={"sigma": 0.1, "p_spike": 5e-3},
-    setup=_noisy_setup, grad=_spikes_grad, track=_noisy_track,
+    setup=_noisy_setup,
+    grad=_spikes_grad,
+    track=_noisy_track,
     witness=Witness(SGD_M, 0.01, {"p_spike": 0.0}, note=_NOISY_WITNESS_NOTE),
 )
 
@@ -275,13 +316,20 @@ def _sparse_track(x, inst, t, knobs):
 
 
 SPARSE = Problem(
-    name="sparse", level=6, title="sparse gradients: 16 rare features seen with p = 5e-3",
+    name="sparse",
+    level=6,
+    title="sparse gradients: 16 rare features seen with p = 5e-3",
     hard="a rare coordinate gets ≈ 20 isolated non-zero gradients in 4000 steps (zero otherwise)",
     criterion="mean over the last 10 % of T = 4000 steps of max(rel. error of the frequent "
-              "coordinates, rel. error of the rare ones) ≤ 0.1, rel. error = ‖x − x*‖/‖x*‖ "
-              "on the group",
-    steps=4000, threshold=0.1, window=0.1, knobs={"sigma": 0.05, "p_rare": 5e-3},
-    setup=_sparse_setup, grad=_sparse_grad, track=_sparse_track,
+    "coordinates, rel. error of the rare ones) ≤ 0.1, rel. error = ‖x − x*‖/‖x*‖ "
+    "on the group",
+    steps=4000,
+    threshold=0.1,
+    window=0.1,
+    knobs={"sigma": 0.05, "p_rare": 5e-3},
+    setup=_sparse_setup,
+    grad=_sparse_grad,
+    track=_sparse_track,
     # Heavy ball moves a rare coordinate by ≈ lr/(1−β) × its gradient per occurrence: at lr 0.05
     # half the error goes per occurrence. Passes 16/16 (worst seed 0.04); the information limit
     # of the rare group, σ/√20 ≈ 0.01, is far below the threshold.
@@ -326,13 +374,19 @@ def _switch_track(x, inst, t, knobs):
 
 
 SWITCH = Problem(
-    name="switch", level=7, title="plasticity: the optimum jumps 10σ away at mid-run",
+    name="switch",
+    level=7,
+    title="plasticity: the optimum jumps 10σ away at mid-run",
     hard="after 1000 quiet steps the new gradients are ~100× anything seen (filters see spikes)",
     criterion="mean over the last 10 % of T = 2000 steps of f(x_t)/f(x*_1) (both after the "
-              "jump at t = 1000) ≤ 1e-3",
-    steps=2000, threshold=1e-3, window=0.1,
+    "jump at t = 1000) ≤ 1e-3",
+    steps=2000,
+    threshold=1e-3,
+    window=0.1,
     knobs={"sigma": 0.01, "jump": 10.0},
-    setup=_switch_setup, grad=_switch_grad, track=_switch_track,
+    setup=_switch_setup,
+    grad=_switch_grad,
+    track=_switch_track,
     witness=Witness(SGD_M, 1.0, note="heavy-ball SGD at lr 1 (its progress is scale-free)"),
 )
 
@@ -379,19 +433,37 @@ def _exploding_track(w, inst, t, knobs):
 
 
 EXPLODING = Problem(
-    name="exploding", level=8, title="exploding gradients: 16-step recurrent product W^16",
+    name="exploding",
+    level=8,
+    title="exploding gradients: 16-step recurrent product W^16",
     hard="spectral radius 1.2 at the start: a gradient ~1e4× that of a start below the cliff",
     criterion="‖W_T^16 − W*^16‖_F ≤ 1e-2 · ‖W*^16‖_F at the final step T = 2000",
-    steps=2000, threshold=1e-2, window=0.0, knobs={"c0": 1.2},
-    setup=_exploding_setup, grad=_exploding_grad, track=_exploding_track,
+    steps=2000,
+    threshold=1e-2,
+    window=0.0,
+    knobs={"c0": 1.2},
+    setup=_exploding_setup,
+    grad=_exploding_grad,
+    track=_exploding_track,
     # Below the cliff (c0 = 0.9) the witness passes from lr 1e-3 to 2e-2; from c0 = 1.0 up
     # heavy-ball SGD fails at every one of those rates.
-    witness=Witness(SGD_M, 0.01, {"c0": 0.9},
-                    note="heavy-ball SGD at lr 0.01 started below the cliff (c0 = 0.9)"),
+    witness=Witness(
+        SGD_M,
+        0.01,
+        {"c0": 0.9},
+        note="heavy-ball SGD at lr 0.01 started below the cliff (c0 = 0.9)",
+    ),
     matrix=True,
 )
 
 PROBLEMS: tuple[Problem, ...] = (
-    ILL_QUAD, ROTATED_QUAD, SADDLE, HEAVY_TAIL, SPIKES, SPARSE, SWITCH, EXPLODING,
+    ILL_QUAD,
+    ROTATED_QUAD,
+    SADDLE,
+    HEAVY_TAIL,
+    SPIKES,
+    SPARSE,
+    SWITCH,
+    EXPLODING,
 )
 BY_NAME: dict[str, Problem] = {p.name: p for p in PROBLEMS}

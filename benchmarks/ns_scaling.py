@@ -43,9 +43,23 @@ MAX_DIFF = 1e-5
 # Worker timeout: the full-size 8 x 1024² case takes about a minute per N on two CPU cores.
 WORKER_TIMEOUT_S = 900
 
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
-                "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8,
-                "c128": 16}
+_DTYPE_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "bf16": 2,
+    "f16": 2,
+    "s16": 2,
+    "u16": 2,
+    "f32": 4,
+    "s32": 4,
+    "u32": 4,
+    "f64": 8,
+    "s64": 8,
+    "u64": 8,
+    "c64": 8,
+    "c128": 16,
+}
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 _DEF = re.compile(r"^\s*(?:ROOT\s+)?(%[\w.\-]+)\s*=\s*(\([^()]*\)|\S+)\s+([\w\-]+)\((.*)$")
 _COMMENT = re.compile(r"/\*.*?\*/")
@@ -155,21 +169,28 @@ def _worker_case(name: str, shapes: dict, layout: str) -> dict[str, Any]:
     mesh = jax.make_mesh((n_dev,), ("fsdp" if layout == "fsdp" else "data",))
     spec = P(None, "fsdp", None) if layout == "fsdp" else P()
     rng = np.random.default_rng(0)
-    host = [rng.standard_normal((k, a, b)).astype(np.float32)
-            for (a, b), k in sorted(group_stacks(shapes).items())]
+    host = [
+        rng.standard_normal((k, a, b)).astype(np.float32)
+        for (a, b), k in sorted(group_stacks(shapes).items())
+    ]
     stacks = [jax.device_put(h, NamedSharding(mesh, spec)) for h in host]
     fn = jax.jit(lambda ss: [orthogonalize_stack(s, newton_schulz) for s in ss])
     compiled = fn.lower(stacks).compile()
     out = compiled(stacks)
-    ref = [np.asarray(jax.jit(newton_schulz)(jax.device_put(h, jax.devices()[0])))
-           for h in host]
+    ref = [np.asarray(jax.jit(newton_schulz)(jax.device_put(h, jax.devices()[0]))) for h in host]
     diff = max(float(np.max(np.abs(np.asarray(o) - r))) for o, r in zip(out, ref))
     kept = all(o.sharding.is_equivalent_to(s.sharding, 3) for o, s in zip(out, stacks))
     hlo = compiled.as_text()
-    return {"case": name, "layout": layout, "via": "stack", "devices": n_dev,
-            "flops_per_device": compiled_flops(compiled),
-            "collective_bytes": sum(collective_bytes(hlo).values()),
-            "max_abs_diff": diff, "sharding_kept": kept}
+    return {
+        "case": name,
+        "layout": layout,
+        "via": "stack",
+        "devices": n_dev,
+        "flops_per_device": compiled_flops(compiled),
+        "collective_bytes": sum(collective_bytes(hlo).values()),
+        "max_abs_diff": diff,
+        "sharding_kept": kept,
+    }
 
 
 def _nested(flat: dict[str, Any]) -> dict[str, Any]:
@@ -201,22 +222,32 @@ def _worker_muon_case(name: str, shapes: dict, layout: str) -> dict[str, Any]:
     mesh = jax.make_mesh((n_dev,), ("fsdp" if layout == "fsdp" else "data",))
     sharding = NamedSharding(mesh, P("fsdp", None) if layout == "fsdp" else P())
     rng = np.random.default_rng(0)
-    params, grads = (_nested({k: rng.standard_normal(s).astype(np.float32)
-                              for k, s in shapes.items()}) for _ in range(2))
+    params, grads = (
+        _nested({k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()})
+        for _ in range(2)
+    )
     tx = fo.muon(1e-3)
     ref = jax.jit(tx.update)(grads, tx.init(params), params)[0]
     p, g = jax.device_put((params, grads), sharding)
     state = jax.jit(tx.init, out_shardings=fo.state_shardings(tx, p))(p)
     compiled = jax.jit(tx.update).lower(g, state, p).compile()
     out = compiled(g, state, p)[0]
-    diff = max(float(np.max(np.abs(np.asarray(o) - np.asarray(r))))
-               for o, r in zip(jax.tree.leaves(out), jax.tree.leaves(ref), strict=True))
+    diff = max(
+        float(np.max(np.abs(np.asarray(o) - np.asarray(r))))
+        for o, r in zip(jax.tree.leaves(out), jax.tree.leaves(ref), strict=True)
+    )
     kept = all(o.sharding.is_equivalent_to(sharding, 2) for o in jax.tree.leaves(out))
     hlo = compiled.as_text()
-    return {"case": name, "layout": layout, "via": "fo.muon update", "devices": n_dev,
-            "flops_per_device": compiled_flops(compiled),
-            "collective_bytes": sum(collective_bytes(hlo).values()),
-            "max_abs_diff": diff, "sharding_kept": kept}
+    return {
+        "case": name,
+        "layout": layout,
+        "via": "fo.muon update",
+        "devices": n_dev,
+        "flops_per_device": compiled_flops(compiled),
+        "collective_bytes": sum(collective_bytes(hlo).values()),
+        "max_abs_diff": diff,
+        "sharding_kept": kept,
+    }
 
 
 def _cases(quick: bool) -> dict[str, dict[str, tuple[int, int]]]:
@@ -233,11 +264,17 @@ def _run_worker(n_dev: int, quick: bool) -> list[dict[str, Any]]:
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "benchmarks.ns_scaling", "--worker"] + ["--quick"] * quick
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root,
-                          timeout=WORKER_TIMEOUT_S, check=False)
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=WORKER_TIMEOUT_S,
+        check=False,
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"ns_scaling worker with {n_dev} devices failed:\n"
-                           f"{proc.stderr[-3000:]}")
+        raise RuntimeError(f"ns_scaling worker with {n_dev} devices failed:\n{proc.stderr[-3000:]}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
@@ -246,8 +283,9 @@ def measure(quick: bool = True, device_counts: tuple[int, ...] = DEVICE_COUNTS) 
     bytes per device, the largest difference to one device, and whether the result kept the
     parameters' sharding."""
     rows = [r for n in device_counts for r in _run_worker(n, quick)]
-    base = {(r["case"], r["layout"], r["via"]): r["flops_per_device"] for r in rows
-            if r["devices"] == 1}
+    base = {
+        (r["case"], r["layout"], r["via"]): r["flops_per_device"] for r in rows if r["devices"] == 1
+    }
     for r in rows:
         one = base.get((r["case"], r["layout"], r["via"]))
         r["flops_ratio"] = r["flops_per_device"] / one if one else float("nan")
@@ -256,24 +294,29 @@ def measure(quick: bool = True, device_counts: tuple[int, ...] = DEVICE_COUNTS) 
 
 def to_markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table, with the N = 8 target verdict for eight equal matrices."""
-    lines = ["| case | layout | measured | N | GFLOP / device | ratio to N=1 | 1/N "
-             "| collective MiB / device | max abs diff | sharding kept |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| case | layout | measured | N | GFLOP / device | ratio to N=1 | 1/N "
+        "| collective MiB / device | max abs diff | sharding kept |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (r["case"], r["layout"], r["via"], r["devices"])):
         lines.append(
             f"| {r['case']} | {r['layout']} | {r['via']} | {r['devices']}"
             f" | {r['flops_per_device'] / 1e9:.3f}"
             f" | {r['flops_ratio']:.3f} | {1 / r['devices']:.3f}"
             f" | {r['collective_bytes'] / 2**20:.2f} | {r['max_abs_diff']:.1e}"
-            f" | {'yes' if r['sharding_kept'] else 'no'} |")
+            f" | {'yes' if r['sharding_kept'] else 'no'} |"
+        )
     at8 = [r for r in rows if r["devices"] == 8 and r["case"].startswith("8 x")]
     if at8:
         ok = all(r["flops_ratio"] <= MAX_FLOPS_RATIO_AT_8 for r in at8)
         ok_diff = all(r["max_abs_diff"] <= MAX_DIFF for r in rows)
         lines.append("")
-        lines.append(f"Target FLOPs ratio <= {MAX_FLOPS_RATIO_AT_8} at N = 8 (8 equal "
-                     f"matrices): {'met' if ok else 'NOT met'}; differences <= {MAX_DIFF:g}: "
-                     f"{'met' if ok_diff else 'NOT met'}.")
+        lines.append(
+            f"Target FLOPs ratio <= {MAX_FLOPS_RATIO_AT_8} at N = 8 (8 equal "
+            f"matrices): {'met' if ok else 'NOT met'}; differences <= {MAX_DIFF:g}: "
+            f"{'met' if ok_diff else 'NOT met'}."
+        )
     return "\n".join(lines)
 
 

@@ -203,8 +203,12 @@ def adam(
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", arXiv:1412.6980.
     """
     return with_learning_rate(
-        with_moments(moments=ema(b1, b2), scale=normalize(eps, eps_root, nesterov=nesterov),
-                     mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        with_moments(
+            moments=ema(b1, b2),
+            scale=normalize(eps, eps_root, nesterov=nesterov),
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+        ),
         learning_rate,
     )
 
@@ -247,8 +251,12 @@ def adamw(
     """
     _validation.check_non_negative("weight_decay", weight_decay, schedule=True)
     return with_learning_rate(
-        with_moments(moments=ema(b1, b2), scale=normalize(eps, eps_root, nesterov=nesterov),
-                     mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        with_moments(
+            moments=ema(b1, b2),
+            scale=normalize(eps, eps_root, nesterov=nesterov),
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+        ),
         learning_rate,
         weight_decay,
         mask,
@@ -363,8 +371,12 @@ def adabelief(
       Zhuang et al., "AdaBelief Optimizer", arXiv:2010.07468.
     """
     return with_learning_rate(
-        with_moments(moments=belief(b1, b2, eps_root), scale=normalize(eps, nesterov=nesterov),
-                     mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        with_moments(
+            moments=belief(b1, b2, eps_root),
+            scale=normalize(eps, nesterov=nesterov),
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+        ),
         learning_rate,
     )
 
@@ -420,8 +432,11 @@ def sgd(
         return with_learning_rate(optax.identity(), learning_rate)
     return with_learning_rate(
         _trace_state(
-            with_moments(moments=heavy_ball(momentum), scale=momentum_output(nesterov=nesterov),
-                         mu_dtype=dtype)
+            with_moments(
+                moments=heavy_ball(momentum),
+                scale=momentum_output(nesterov=nesterov),
+                mu_dtype=dtype,
+            )
         ),
         learning_rate,
     )

@@ -486,10 +486,14 @@ def _is_helper(value: Any, owner: str) -> bool:
 
 
 def _is_plain(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str, np.generic)) or (
-        isinstance(value, (np.ndarray, jax.Array))
-        and not isinstance(value, jax.core.Tracer)
-        and np.ndim(value) == 0
+    return (
+        value is None
+        or isinstance(value, (bool, int, float, str, np.generic))
+        or (
+            isinstance(value, (np.ndarray, jax.Array))
+            and not isinstance(value, jax.core.Tracer)
+            and np.ndim(value) == 0
+        )
     )
 
 

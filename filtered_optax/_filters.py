@@ -32,9 +32,7 @@ _MAX_RHO = 0.9999
 
 # The one spelling of "filter off" (README, "The filter"): gamma=inf (and eta=1).
 CLIP_OFF_HINT = "use gamma=float('inf') to turn the spike clip off"
-GAMMA_OFF_HINT = (
-    "use gamma=float('inf') to turn the spike clip off (and eta=1.0 for no smoothing)"
-)
+GAMMA_OFF_HINT = "use gamma=float('inf') to turn the spike clip off (and eta=1.0 for no smoothing)"
 
 
 class _Prior(NamedTuple):
@@ -85,8 +83,9 @@ def _phase(d: jax.Array) -> jax.Array:
     if not jnp.iscomplexobj(d):
         return jnp.sign(d)
     re, im = jnp.real(d), jnp.imag(d)
-    inf_dir = jax.lax.complex(jnp.where(jnp.isinf(re), jnp.sign(re), 0.0),
-                              jnp.where(jnp.isinf(im), jnp.sign(im), 0.0))
+    inf_dir = jax.lax.complex(
+        jnp.where(jnp.isinf(re), jnp.sign(re), 0.0), jnp.where(jnp.isinf(im), jnp.sign(im), 0.0)
+    )
     return jnp.where(jnp.isinf(jnp.abs(d)), jnp.sign(inf_dir), jnp.sign(d))
 
 
@@ -247,9 +246,7 @@ def spam_filter_math(g, m, v, count, *, b1, b2, threshold=5000.0, warmup=0) -> F
     return _filter_result(g, prior, filtered, is_spike)
 
 
-def zscore_filter_math(
-    g, m, v, count, *, b1, b2, gamma=5.0, warmup=20, kappa=1e-2
-) -> FilterResult:
+def zscore_filter_math(g, m, v, count, *, b1, b2, gamma=5.0, warmup=20, kappa=1e-2) -> FilterResult:
     r"""Centred z-score clip: :math:`|d| > \gamma\hat\sigma \Rightarrow
     \tilde g = \hat m + \operatorname{sign}(d)\gamma\hat\sigma`, with :math:`\hat\sigma^2`
     as in :func:`kalman_filter_math`.
@@ -458,7 +455,10 @@ def spam_filter(
       Huang et al., "SPAM: Spike-Aware Adam with Momentum Reset", arXiv:2501.06842.
     """
     _validation.check_range(
-        "threshold", threshold, low=0.0, low_open=True,
+        "threshold",
+        threshold,
+        low=0.0,
+        low_open=True,
         hint="use threshold=float('inf') to turn the clip off",
     )
     _validation.check_non_negative_int("warmup", warmup)

@@ -163,8 +163,9 @@ def orthogonal_update(
         )
         specs = stage_specs(u, dimension_numbers, stacked=stacked, per_head=per_head)
         batch = jax.default_backend() != "cpu" if batch_same_shape is None else batch_same_shape
-        o = orthogonalize_tree(u, specs, scale=scale, rms=rms, batch=batch, split=ns_split_axes,
-                               **ns)
+        o = orthogonalize_tree(
+            u, specs, scale=scale, rms=rms, batch=batch, split=ns_split_axes, **ns
+        )
         return jax.tree.map(lambda x, g: x.astype(g.dtype), o, updates), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

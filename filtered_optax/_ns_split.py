@@ -69,9 +69,7 @@ def _padded_spec(spec: Any, ndim: int) -> tuple[Any, ...]:
     return spec + (None,) * (ndim - len(spec))
 
 
-def stack_layout(
-    x: jax.Array, out_sharding: NamedSharding | None = None
-) -> StackLayout | None:
+def stack_layout(x: jax.Array, out_sharding: NamedSharding | None = None) -> StackLayout | None:
     """Reads the mesh and PartitionSpec of ``x``, concrete or traced.
 
     A concrete array answers through ``x.sharding``; a tracer through ``jax.typeof(x)``, which
@@ -127,14 +125,11 @@ def check_split(split: Any, name: str = "ns_split_axes") -> Split:
     if is_names and all(split) and len(set(split)) == len(split):
         return tuple(split)
     raise ValueError(
-        f"{name} must be 'auto', None or a tuple of distinct mesh axis names; "
-        f"got {name}={split!r}."
+        f"{name} must be 'auto', None or a tuple of distinct mesh axis names; got {name}={split!r}."
     )
 
 
-def split_axes(
-    layout: StackLayout, split: Split = "auto", name: str = "split"
-) -> tuple[str, ...]:
+def split_axes(layout: StackLayout, split: Split = "auto", name: str = "split") -> tuple[str, ...]:
     """The ordered mesh axes the stack axis is spread over.
 
     ``"auto"`` takes every mesh axis of size > 1 in the order: axes sharding the stack axis,
@@ -170,9 +165,7 @@ def split_axes(
     axes = tuple(split)
     bad = [a for a in axes if a not in names]
     if bad or len(set(axes)) != len(axes):
-        raise ValueError(
-            f"{name} must name distinct mesh axes from {names}; got {name}={split!r}."
-        )
+        raise ValueError(f"{name} must name distinct mesh axes from {names}; got {name}={split!r}.")
     return axes
 
 
@@ -278,8 +271,10 @@ def orthogonalize_stack(
     back_axes = _entry_axes(_padded_spec(back, 3)[0]) if back is not None else ()
     n = stack.shape[0]
     # A multiple of the split devices, and of the result's own stack-axis shards.
-    x = _pad_rows(stack, math.lcm(*(math.prod(layout.mesh.shape[a] for a in group)
-                                    for group in (axes, back_axes))))
+    x = _pad_rows(
+        stack,
+        math.lcm(*(math.prod(layout.mesh.shape[a] for a in group) for group in (axes, back_axes))),
+    )
     route = _route(layout, axes)
     for spec in route:
         x = constrain(x, layout, spec)

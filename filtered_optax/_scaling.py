@@ -215,4 +215,3 @@ def sign_update() -> optax.GradientTransformationExtraArgs:
         return jax.tree.map(jnp.sign, moments.mu), state
 
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
-

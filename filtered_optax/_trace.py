@@ -62,9 +62,7 @@ _MATRIX_KINDS = ("dot", "conv")
 # Primitives that keep every axis in place (operands may differ in size along the axes).
 _AXIS_PRESERVING = ("concatenate", "split", "pad", "slice", "rev", "select_n", "clamp")
 # Where library operations live: a failing operation's operands are locals of these frames.
-_LIBRARY_DIRS = tuple(
-    os.path.dirname(m.__file__) + os.sep for m in (jax, flax, np, optax)
-)
+_LIBRARY_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (jax, flax, np, optax))
 
 
 class _View(NamedTuple):
@@ -225,10 +223,7 @@ def _combine(eqn: Any, ins: list[_Val], ctx: _Ctx) -> list[_Val]:
                 ctx.add(view.leaf, _Use("elementwise"))
         return [_Val(frozenset(), True, last) for _ in eqn.outvars]
     views = frozenset(
-        view
-        for val, var in zip(ins, eqn.invars)
-        if len(_shape(var)) == rank
-        for view in val.views
+        view for val, var in zip(ins, eqn.invars) if len(_shape(var)) == rank for view in val.views
     )
     return [_Val(views, False, last) for _ in eqn.outvars]
 
@@ -247,8 +242,13 @@ def _opaque(eqn: Any, ins: list[_Val], ctx: _Ctx) -> list[_Val]:
     return [_Val(frozenset(), act, last) for _ in eqn.outvars]
 
 
-def _matrix_use(kind: str, view: _View, reduce_dims: Sequence[int],
-                free_dims: Sequence[int], batch_dims: Sequence[int]) -> _Use:
+def _matrix_use(
+    kind: str,
+    view: _View,
+    reduce_dims: Sequence[int],
+    free_dims: Sequence[int],
+    batch_dims: Sequence[int],
+) -> _Use:
     """The use of a leaf contracted over ``reduce_dims`` of its view, mapped to leaf axes."""
     batch = _union(view.axes[d] for d in batch_dims)
     stack = view.stacked + tuple((a, "dot batch") for a in batch)
@@ -260,8 +260,9 @@ def _matrix_use(kind: str, view: _View, reduce_dims: Sequence[int],
     )
 
 
-def _contraction(kind: str, operands: Sequence[tuple[_Val, tuple]], ctx: _Ctx,
-                 n_out: int) -> list[_Val]:
+def _contraction(
+    kind: str, operands: Sequence[tuple[_Val, tuple]], ctx: _Ctx, n_out: int
+) -> list[_Val]:
     """Records a matrix use for every parameter view among the operands.
 
     ``operands``: ``(value, (reduce_dims, free_dims, batch_dims))`` per operand. The result is
@@ -285,8 +286,10 @@ def _rule_dot(eqn: Any, ins: list[_Val], ctx: _Ctx) -> list[_Val]:
     """``dot_general``: contracted axes are fan-in, free axes fan-out, batch axes a stack."""
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     operands = []
-    for val, var, contract, batch in ((ins[0], eqn.invars[0], lc, lb),
-                                      (ins[1], eqn.invars[1], rc, rb)):
+    for val, var, contract, batch in (
+        (ins[0], eqn.invars[0], lc, lb),
+        (ins[1], eqn.invars[1], rc, rb),
+    ):
         contract, batch = [int(d) for d in contract], [int(d) for d in batch]
         free = [d for d in range(len(_shape(var))) if d not in contract and d not in batch]
         operands.append((val, (contract, free, batch)))
@@ -300,8 +303,10 @@ def _rule_conv(eqn: Any, ins: list[_Val], ctx: _Ctx) -> list[_Val]:
     lhs = ins[0]
     for view in lhs.views:  # a parameter convolved as the image: not a matrix use
         ctx.add(view.leaf, _Use("conv input"))
-    operands = [(lhs._replace(views=frozenset()), ((), (), ())),
-                (ins[1], ((in_dim, *window), (out_dim,), ()))]
+    operands = [
+        (lhs._replace(views=frozenset()), ((), (), ())),
+        (ins[1], ((in_dim, *window), (out_dim,), ())),
+    ]
     return _contraction("conv", operands, ctx, len(eqn.outvars))
 
 
@@ -339,8 +344,9 @@ def _eval_closed(closed: Any, ins: Sequence[_Val], ctx: _Ctx) -> list[_Val]:
     return _eval_jaxpr(jaxpr, [_CONST] * len(jaxpr.constvars), ins, ctx)
 
 
-def _fixpoint(step: Callable[[list[_Val], _Ctx], list[_Val]], init: list[_Val],
-              ctx: _Ctx) -> list[_Val]:
+def _fixpoint(
+    step: Callable[[list[_Val], _Ctx], list[_Val]], init: list[_Val], ctx: _Ctx
+) -> list[_Val]:
     """Loop-carry values at the fixpoint of ``carry ⊔ step(carry)``.
 
     Settling runs on a scratch recorder, so uses seen only at an unsettled carry (a weight
@@ -373,13 +379,13 @@ def _rule_scan(eqn: Any, ins: list[_Val], ctx: _Ctx) -> list[_Val]:
     """``scan``: consts as they are, carries at their fixpoint, xs sliced along axis 0."""
     n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
     consts = list(ins[:n_consts])
-    xs = [_slice_leading(v) for v in ins[n_consts + n_carry:]]
+    xs = [_slice_leading(v) for v in ins[n_consts + n_carry :]]
     body = eqn.params["jaxpr"]
 
     def run(carry: list[_Val], c: _Ctx) -> list[_Val]:
         return _eval_closed(body, consts + carry + xs, c)
 
-    carry = _fixpoint(lambda k, c: run(k, c)[:n_carry], ins[n_consts:n_consts + n_carry], ctx)
+    carry = _fixpoint(lambda k, c: run(k, c)[:n_carry], ins[n_consts : n_consts + n_carry], ctx)
     outs = run(carry, ctx)
     return outs[:n_carry] + [_stack_leading(v) for v in outs[n_carry:]]
 
@@ -388,12 +394,12 @@ def _rule_while(eqn: Any, ins: list[_Val], ctx: _Ctx) -> list[_Val]:
     """``while``: the body's carry at its fixpoint; the condition is evaluated for its uses."""
     p = eqn.params
     n_cond, n_body = p["cond_nconsts"], p["body_nconsts"]
-    cond_consts, body_consts = list(ins[:n_cond]), list(ins[n_cond:n_cond + n_body])
+    cond_consts, body_consts = list(ins[:n_cond]), list(ins[n_cond : n_cond + n_body])
 
     def step(carry: list[_Val], c: _Ctx) -> list[_Val]:
         return _eval_closed(p["body_jaxpr"], body_consts + carry, c)
 
-    carry = _fixpoint(step, ins[n_cond + n_body:], ctx)
+    carry = _fixpoint(step, ins[n_cond + n_body :], ctx)
     step(carry, ctx)
     _eval_closed(p["cond_jaxpr"], cond_consts + carry, ctx)
     return carry
@@ -465,8 +471,7 @@ def _is_elementwise(eqn: Any) -> bool:
     return True
 
 
-def _eval_jaxpr(jaxpr: Any, consts: Sequence[_Val], ins: Sequence[_Val],
-                ctx: _Ctx) -> list[_Val]:
+def _eval_jaxpr(jaxpr: Any, consts: Sequence[_Val], ins: Sequence[_Val], ctx: _Ctx) -> list[_Val]:
     """Abstract interpretation of ``jaxpr`` over :class:`_Val`, recording uses in ``ctx``."""
     env: dict[Any, _Val] = {}
 
@@ -521,8 +526,11 @@ def _matrix_decision(use: _Use, shape: Shape, is_head: bool) -> tuple[Any, str]:
     ``(window, out)``) join the fan-in, which they do not change.
     """
     stacked = {a for a, _ in use.stack}
-    ones = [a for a, n in enumerate(shape)
-            if n == 1 and a not in use.reduce + use.out and a not in stacked]
+    ones = [
+        a
+        for a, n in enumerate(shape)
+        if n == 1 and a not in use.reduce + use.out and a not in stacked
+    ]
     use = use._replace(reduce=tuple(sorted([*use.reduce, *ones])))
     text = f"{use.kind}: reduce {use.reduce} out {use.out}"
     split = sorted(set(use.reduce) & set(use.out))
@@ -559,8 +567,9 @@ def _decide(shape: Shape, uses: set[_Use], is_head: bool) -> tuple[Any, str]:
     return "adam", "used by " + ", ".join(other)
 
 
-def _analyse(closed: Any, kinds: Sequence[str], names: Sequence[PathNames],
-             shapes: Sequence[Shape]) -> dict[PathNames, TracedDecision]:
+def _analyse(
+    closed: Any, kinds: Sequence[str], names: Sequence[PathNames], shapes: Sequence[Shape]
+) -> dict[PathNames, TracedDecision]:
     """Runs the abstract interpretation over a traced jaxpr and decides every leaf.
 
     ``kinds[i]`` is ``"param"``, ``"const"`` or ``"data"`` for the jaxpr's i-th input; the
@@ -688,8 +697,9 @@ def _param_specs(params: Any, owner: str) -> tuple[list[PathNames], list[Any], A
     return names, specs, treedef
 
 
-def _culprits(err: BaseException, labels: Mapping[int, str],
-              avals: Mapping[str, tuple]) -> tuple[list[str], str]:
+def _culprits(
+    err: BaseException, labels: Mapping[int, str], avals: Mapping[str, tuple]
+) -> tuple[list[str], str]:
     """Inputs read by the failing library operation, and where the user's code called it.
 
     The operands of the failing operation are locals of the innermost JAX / Flax frame that
@@ -721,8 +731,13 @@ def _aval_key(x: Any) -> tuple:
     return tuple(x.shape), str(x.dtype)
 
 
-def _failure(err: BaseException, labels: Mapping[int, str], avals: Mapping[str, tuple],
-             owner: str, summary: str) -> ValueError:
+def _failure(
+    err: BaseException,
+    labels: Mapping[int, str],
+    avals: Mapping[str, tuple],
+    owner: str,
+    summary: str,
+) -> ValueError:
     """The ValueError for a function that cannot be traced with the example inputs."""
     head = f"trace_routing could not trace {owner} with the example inputs"
     if isinstance(err, KeyError):
@@ -738,8 +753,15 @@ def _failure(err: BaseException, labels: Mapping[int, str], avals: Mapping[str, 
     return ValueError(f"{head}{where}: {what}. {type(err).__name__}: {err}")
 
 
-def _trace(call: Callable[..., Any], params: Any, state: Any, args: Sequence[Any],
-           kwargs: Mapping[str, Any], owner: str, positional: Sequence[str]) -> TracedRouting:
+def _trace(
+    call: Callable[..., Any],
+    params: Any,
+    state: Any,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    owner: str,
+    positional: Sequence[str],
+) -> TracedRouting:
     """Traces ``call(params, state, *args, **kwargs)`` to a jaxpr and routes ``params``.
 
     The parameters and the array leaves of ``state`` (non-parameter model state such as batch
@@ -779,8 +801,9 @@ def _trace(call: Callable[..., Any], params: Any, state: Any, args: Sequence[Any
     return TracedRouting(types.MappingProxyType(_analyse(closed, kinds, names, shapes)))
 
 
-def trace_routing(fn: Callable[..., Any] | nnx.Module, /, *args: Any,
-                  **kwargs: Any) -> TracedRouting:
+def trace_routing(
+    fn: Callable[..., Any] | nnx.Module, /, *args: Any, **kwargs: Any
+) -> TracedRouting:
     """Routes every parameter by how the forward pass uses it (traced once, no FLOPs).
 
     ``trace_routing(fn, params, *args, **kwargs)`` traces ``fn(params, *args, **kwargs)``
@@ -843,8 +866,9 @@ def trace_routing(fn: Callable[..., Any] | nnx.Module, /, *args: Any,
     return _trace_function(fn, args[0], args[1:], kwargs)
 
 
-def _trace_module(model: nnx.Module, args: Sequence[Any],
-                  kwargs: Mapping[str, Any]) -> TracedRouting:
+def _trace_module(
+    model: nnx.Module, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> TracedRouting:
     """``model(*args, **kwargs)`` over ``nnx.state(model, nnx.Param)``; other state constant."""
     graphdef, params, state = nnx.split(model, nnx.Param, ...)
 
@@ -855,8 +879,9 @@ def _trace_module(model: nnx.Module, args: Sequence[Any],
     return _trace(call_module, params, state, args, kwargs, type(model).__name__, positional)
 
 
-def _trace_function(fn: Callable[..., Any], params: Any, args: Sequence[Any],
-                    kwargs: Mapping[str, Any]) -> TracedRouting:
+def _trace_function(
+    fn: Callable[..., Any], params: Any, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> TracedRouting:
     """``fn(params, *args, **kwargs)``."""
 
     def call_fn(p: Any, s: Any, *a: Any, **k: Any) -> Any:

@@ -46,8 +46,11 @@ SPECS = {
     "fc2": {"kernel": P("model", None), "bias": P()},
     "head": {"kernel": P("data", None), "bias": P()},
 }
-SHAPES = {"fc1": {"kernel": (16, 32), "bias": (32,)}, "fc2": {"kernel": (32, 32), "bias": (32,)},
-          "head": {"kernel": (32, 8), "bias": (8,)}}
+SHAPES = {
+    "fc1": {"kernel": (16, 32), "bias": (32,)},
+    "fc2": {"kernel": (32, 32), "bias": (32,)},
+    "head": {"kernel": (32, 8), "bias": (8,)},
+}
 
 
 def is_shape(x):
@@ -56,8 +59,9 @@ def is_shape(x):
 
 def host_tree(seed: int):
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: rng.standard_normal(s).astype(np.float32), SHAPES,
-                        is_leaf=is_shape)
+    return jax.tree.map(
+        lambda s: rng.standard_normal(s).astype(np.float32), SHAPES, is_leaf=is_shape
+    )
 
 
 def mesh(kind: str):
@@ -82,8 +86,10 @@ def run_steps(tx, params, grads, state_sh=None):
 
 
 def max_diff(a, b) -> float:
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a),
-                                                            jax.tree.leaves(b), strict=True))
+    return max(
+        float(np.max(np.abs(x - y)))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def state_check(name, tx, params, shardings) -> dict:
@@ -91,30 +97,52 @@ def state_check(name, tx, params, shardings) -> dict:
     ours = fo.state_shardings(tx, params)
     replicated = NamedSharding(jax.tree.leaves(shardings)[0].mesh, P())
     recipe = optax.tree.map_params(
-        tx, lambda _, s: s, jax.eval_shape(tx.init, params), shardings,
+        tx,
+        lambda _, s: s,
+        jax.eval_shape(tx.init, params),
+        shardings,
         transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+    )
     # By key path: the recipe also puts a sharding where optax.masked left a MaskedNode.
     by_path = dict(jax.tree_util.tree_flatten_with_path(recipe)[0])
-    same = all(p in by_path and s.is_equivalent_to(by_path[p], 2)
-               for p, s in jax.tree_util.tree_flatten_with_path(ours)[0])
+    same = all(
+        p in by_path and s.is_equivalent_to(by_path[p], 2)
+        for p, s in jax.tree_util.tree_flatten_with_path(ours)[0]
+    )
     state = jax.jit(tx.init, out_shardings=ours)(params)
     # Every state leaf shaped like a non-replicated parameter must carry a sharded layout.
-    sharded_params = {(x.shape, x.sharding.spec) for x in jax.tree.leaves(params)
-                      if x.sharding.spec != P()}
-    moments = [x for x in jax.tree.leaves(state) if x.ndim and any(
-        x.shape == shape for shape, _ in sharded_params)]
+    sharded_params = {
+        (x.shape, x.sharding.spec) for x in jax.tree.leaves(params) if x.sharding.spec != P()
+    }
+    moments = [
+        x
+        for x in jax.tree.leaves(state)
+        if x.ndim and any(x.shape == shape for shape, _ in sharded_params)
+    ]
     sharded_moments = [x for x in moments if not x.sharding.is_fully_replicated]
     # Control: a bare jit(tx.init) does not shard them (zeros do not depend on the params).
-    bare = [x for x in jax.tree.leaves(jax.jit(tx.init)(params))
-            if x.ndim and not x.sharding.is_fully_replicated]
-    kept = all(a.sharding.is_equivalent_to(b, a.ndim) for a, b in zip(
-        jax.tree.leaves(state), jax.tree.leaves(ours), strict=True))
-    return {"kind": "state", "optimizer": name, "same_as_recipe": same, "kept": kept,
-            "moments": len(moments), "sharded_moments": len(sharded_moments),
-            "bare_sharded_moments": len(bare),
-            "scalars_replicated": all(x.sharding.is_fully_replicated
-                                      for x in jax.tree.leaves(state) if x.ndim == 0)}
+    bare = [
+        x
+        for x in jax.tree.leaves(jax.jit(tx.init)(params))
+        if x.ndim and not x.sharding.is_fully_replicated
+    ]
+    kept = all(
+        a.sharding.is_equivalent_to(b, a.ndim)
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ours), strict=True)
+    )
+    return {
+        "kind": "state",
+        "optimizer": name,
+        "same_as_recipe": same,
+        "kept": kept,
+        "moments": len(moments),
+        "sharded_moments": len(sharded_moments),
+        "bare_sharded_moments": len(bare),
+        "scalars_replicated": all(
+            x.sharding.is_fully_replicated for x in jax.tree.leaves(state) if x.ndim == 0
+        ),
+    }
 
 
 def mode_check(name, make, kwargs, reference, params_host, grads_host, mode) -> dict:
@@ -128,13 +156,19 @@ def mode_check(name, make, kwargs, reference, params_host, grads_host, mode) -> 
             params = jax.device_put(params_host, sh)
             grads = [jax.device_put(g, sh) for g in grads_host]
             updates, new_params = run_steps(tx, params, grads, fo.state_shardings(tx, params))
-        kept = all(a.sharding.is_equivalent_to(b, a.ndim) for a, b in zip(
-            jax.tree.leaves(new_params), jax.tree.leaves(sh), strict=True))
+        kept = all(
+            a.sharding.is_equivalent_to(b, a.ndim)
+            for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(sh), strict=True)
+        )
         err = max(max_diff(u, r) for u, r in zip(updates, reference))
         return {"kind": "mode", "optimizer": name, "mode": mode, "err": err, "kept": kept}
     except Exception as e:  # reported, the test decides
-        return {"kind": "mode", "optimizer": name, "mode": mode, "error": f"{type(e).__name__}:"
-                f" {str(e)[:500]}"}
+        return {
+            "kind": "mode",
+            "optimizer": name,
+            "mode": mode,
+            "error": f"{type(e).__name__}: {str(e)[:500]}",
+        }
 
 
 class Net(nnx.Module):
@@ -143,8 +177,13 @@ class Net(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         part = nnx.with_partitioning
         init = nnx.initializers.lecun_normal()
-        self.fc1 = nnx.Linear(16, 32, rngs=rngs, kernel_init=part(init, (None, "model")),
-                              bias_init=part(nnx.initializers.zeros_init(), ("model",)))
+        self.fc1 = nnx.Linear(
+            16,
+            32,
+            rngs=rngs,
+            kernel_init=part(init, (None, "model")),
+            bias_init=part(nnx.initializers.zeros_init(), ("model",)),
+        )
         self.fc2 = nnx.Linear(32, 8, rngs=rngs, kernel_init=part(init, ("model", None)))
 
     def __call__(self, x):
@@ -185,10 +224,17 @@ def nnx_check() -> dict:
         params, opt_state = step(params, opt_state, x)
     pairs = [(opt_state[0].mu, params), (opt_state[0].nu, params)]
     specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(params)})
-    like = all(a.sharding.is_equivalent_to(b.sharding, a.ndim) for mom, p in pairs
-               for a, b in zip(jax.tree.leaves(mom), jax.tree.leaves(p), strict=True))
-    return {"kind": "nnx", "param_specs": specs, "moments_like_params": like,
-            "count_replicated": opt_state[0].count.sharding.is_fully_replicated}
+    like = all(
+        a.sharding.is_equivalent_to(b.sharding, a.ndim)
+        for mom, p in pairs
+        for a, b in zip(jax.tree.leaves(mom), jax.tree.leaves(p), strict=True)
+    )
+    return {
+        "kind": "nnx",
+        "param_specs": specs,
+        "moments_like_params": like,
+        "count_replicated": opt_state[0].count.sharding.is_fully_replicated,
+    }
 
 
 def main() -> None:
@@ -202,8 +248,11 @@ def main() -> None:
         params = jax.device_put(params_host, auto_sh)
         print(json.dumps(state_check(name, make(1e-2, **kwargs), params, auto_sh)), flush=True)
         one = jax.devices()[0]
-        reference, _ = run_steps(make(1e-2, **kwargs), jax.device_put(params_host, one),
-                                 [jax.device_put(g, one) for g in grads_host])
+        reference, _ = run_steps(
+            make(1e-2, **kwargs),
+            jax.device_put(params_host, one),
+            [jax.device_put(g, one) for g in grads_host],
+        )
         for mode in ("auto", "explicit", "explicit_set_mesh"):
             row = mode_check(name, make, kwargs, reference, params_host, grads_host, mode)
             print(json.dumps(row), flush=True)

@@ -56,23 +56,33 @@ import filtered_optax as fo  # noqa: E402
 D_IN, HIDDEN, CLASSES, BATCH = 16, 32, 4, 32
 # fc2 and fc3 have one shape (sharded differently): Muon's Newton-Schulz splits that pair
 # over the mesh, across the two processes.
-SPECS = {"fc1": {"kernel": P(None, "model"), "bias": P("model")},
-         "fc2": {"kernel": P("model", None), "bias": P()},
-         "fc3": {"kernel": P(None, "model"), "bias": P("model")},
-         "head": {"kernel": P("model", None), "bias": P()}}
-OPTIMIZERS = {"filtered_adam": lambda: fo.filtered_adam(1e-2, warmup=2, gamma=5.0),
-              "muon": lambda: fo.muon(1e-2, weight_decay=0.01)}
+SPECS = {
+    "fc1": {"kernel": P(None, "model"), "bias": P("model")},
+    "fc2": {"kernel": P("model", None), "bias": P()},
+    "fc3": {"kernel": P(None, "model"), "bias": P("model")},
+    "head": {"kernel": P("model", None), "bias": P()},
+}
+OPTIMIZERS = {
+    "filtered_adam": lambda: fo.filtered_adam(1e-2, warmup=2, gamma=5.0),
+    "muon": lambda: fo.muon(1e-2, weight_decay=0.01),
+}
 
 
 def init_params(key):
     k1, k2, k3, k4 = jax.random.split(key, 4)
 
     def dense(k, n_in, n_out):
-        return {"kernel": jax.random.normal(k, (n_in, n_out)) / jnp.sqrt(n_in),
-                "bias": jnp.zeros((n_out,))}
+        return {
+            "kernel": jax.random.normal(k, (n_in, n_out)) / jnp.sqrt(n_in),
+            "bias": jnp.zeros((n_out,)),
+        }
 
-    return {"fc1": dense(k1, D_IN, HIDDEN), "fc2": dense(k2, HIDDEN, HIDDEN),
-            "fc3": dense(k4, HIDDEN, HIDDEN), "head": dense(k3, HIDDEN, CLASSES)}
+    return {
+        "fc1": dense(k1, D_IN, HIDDEN),
+        "fc2": dense(k2, HIDDEN, HIDDEN),
+        "fc3": dense(k4, HIDDEN, HIDDEN),
+        "head": dense(k3, HIDDEN, CLASSES),
+    }
 
 
 def loss_fn(params, x, y):
@@ -96,7 +106,7 @@ def local_rows(a: np.ndarray) -> np.ndarray:
     if ARGS.wrong_half and rank == 1:
         rank = 0  # the bug: feed the other process's rows
     per = a.shape[0] // n
-    return a[rank * per:(rank + 1) * per]
+    return a[rank * per : (rank + 1) * per]
 
 
 def train(name: str, mesh: Mesh, out: Path, resume: bool) -> None:
@@ -110,8 +120,10 @@ def train(name: str, mesh: Mesh, out: Path, resume: bool) -> None:
     path = Path(ARGS.ckpt).resolve() / name
     start = 0
     if resume:
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                              {"params": params, "state": state})
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            {"params": params, "state": state},
+        )
         restored = ckpt.restore(path, target)
         params, state, start = restored["params"], restored["state"], ARGS.save_at
 
@@ -134,8 +146,10 @@ def train(name: str, mesh: Mesh, out: Path, resume: bool) -> None:
         losses.append(float(loss))
     full = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() == 0:
-        flat = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v)
-                for p, v in jax.tree_util.tree_flatten_with_path(full)[0]}
+        flat = {
+            jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v)
+            for p, v in jax.tree_util.tree_flatten_with_path(full)[0]
+        }
         tag = "_resumed" if resume else ""
         np.savez(out / f"{name}{tag}.npz", losses=np.asarray(losses), **flat)
 
@@ -143,9 +157,12 @@ def train(name: str, mesh: Mesh, out: Path, resume: bool) -> None:
 def main() -> None:
     if ARGS.num_processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{ARGS.port}",
-                                   num_processes=ARGS.num_processes,
-                                   process_id=ARGS.process_id, initialization_timeout=60)
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{ARGS.port}",
+            num_processes=ARGS.num_processes,
+            process_id=ARGS.process_id,
+            initialization_timeout=60,
+        )
     if jax.device_count() != 4 or jax.local_device_count() != LOCAL_DEVICES:
         raise SystemExit(f"expected 4 devices, {LOCAL_DEVICES} local; got {jax.devices()}")
     # Devices are listed process by process, so the "data" axis runs across processes.

@@ -41,15 +41,30 @@ MODES = ("auto", "auto_set_mesh", "explicit", "explicit_set_mesh")
 BIG, COUNT = 512, 8  # the cost case: eight 512² matrices
 COST_SPECS = {"replicated": P(), "fsdp": P("fsdp", None)}
 # The mixed tree of the correctness case and its shardings per layout.
-SHAPES = {"a0": (64, 128), "a1": (64, 128), "a2": (64, 128), "tall": (128, 64),
-          "lone": (32, 96), "layers": {"mlp": (4, 64, 64)}, "bias": (64,)}
+SHAPES = {
+    "a0": (64, 128),
+    "a1": (64, 128),
+    "a2": (64, 128),
+    "tall": (128, 64),
+    "lone": (32, 96),
+    "layers": {"mlp": (4, 64, 64)},
+    "bias": (64,),
+}
 LAYOUTS = {
     "replicated": {},
-    "fsdp": {"a0": P("fsdp", None), "a1": P("fsdp", None), "a2": P("fsdp", None),
-             "tall": P("fsdp", None), "lone": P("fsdp", None),
-             "layers": {"mlp": P(None, "fsdp", None)}},
-    "stacked_layers": {"layers": {"mlp": P("fsdp", None, None)},
-                       "a0": P(None, "fsdp"), "tall": P("data", None)},
+    "fsdp": {
+        "a0": P("fsdp", None),
+        "a1": P("fsdp", None),
+        "a2": P("fsdp", None),
+        "tall": P("fsdp", None),
+        "lone": P("fsdp", None),
+        "layers": {"mlp": P(None, "fsdp", None)},
+    },
+    "stacked_layers": {
+        "layers": {"mlp": P("fsdp", None, None)},
+        "a0": P(None, "fsdp"),
+        "tall": P("data", None),
+    },
 }
 
 
@@ -68,16 +83,17 @@ def is_shape(x) -> bool:
 
 def host_tree(shapes, seed: int):
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: rng.standard_normal(s).astype(np.float32), shapes,
-                        is_leaf=is_shape)
+    return jax.tree.map(
+        lambda s: rng.standard_normal(s).astype(np.float32), shapes, is_leaf=is_shape
+    )
 
 
 def shardings(mesh, shapes, specs):
     """A NamedSharding per leaf: the layout's spec where given, replicated elsewhere."""
-    flat = dict(jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda s: isinstance(
-        s, P))[0])
+    flat = dict(jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda s: isinstance(s, P))[0])
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: NamedSharding(mesh, flat.get(path, P())), shapes, is_leaf=is_shape)
+        lambda path, _: NamedSharding(mesh, flat.get(path, P())), shapes, is_leaf=is_shape
+    )
 
 
 def big_dots(hlo: str) -> list[tuple[int, ...]]:
@@ -92,8 +108,11 @@ def single_device(tx, params):
     """The update compiled on one device (the same program for every ``ns_split_axes``)."""
     if "compiled" not in _SINGLE:
         one = jax.devices()[0]
-        _SINGLE["compiled"] = jax.jit(tx.update).lower(*(jax.device_put(t, one) for t in (
-            params, tx.init(params), params))).compile()
+        _SINGLE["compiled"] = (
+            jax.jit(tx.update)
+            .lower(*(jax.device_put(t, one) for t in (params, tx.init(params), params)))
+            .compile()
+        )
     return _SINGLE["compiled"]
 
 
@@ -110,11 +129,17 @@ def cost(mode: str, layout: str, split) -> dict:
         state = jax.jit(tx.init, out_shardings=fo.state_shardings(tx, p))(p)
         compiled = jax.jit(tx.update).lower(p, state, p).compile()
     hlo = compiled.as_text()
-    return {"kind": "cost", "mode": mode, "layout": layout, "split": str(split),
-            "flops_ratio": compiled_flops(compiled) / compiled_flops(single),
-            "dots": sorted(set(big_dots(hlo))), "dot_count": len(big_dots(hlo)),
-            "single_dot_count": len(big_dots(single.as_text())),
-            "collectives": collective_bytes(hlo)}
+    return {
+        "kind": "cost",
+        "mode": mode,
+        "layout": layout,
+        "split": str(split),
+        "flops_ratio": compiled_flops(compiled) / compiled_flops(single),
+        "dots": sorted(set(big_dots(hlo))),
+        "dot_count": len(big_dots(hlo)),
+        "single_dot_count": len(big_dots(single.as_text())),
+        "collectives": collective_bytes(hlo),
+    }
 
 
 def run_steps(tx, params, grads, jitted=True):
@@ -136,14 +161,25 @@ def correctness(mode: str, layout: str, jitted: bool = True) -> dict:
     reference = run_steps(tx, params, grads)
     with context(mode, mesh):
         sh = shardings(mesh, SHAPES, LAYOUTS[layout])
-        updates = run_steps(tx, jax.device_put(params, sh),
-                            [jax.device_put(g, sh) for g in grads], jitted)
-    err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for u, r in zip(
-        updates, reference) for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(r)))
-    kept = all(a.sharding.is_equivalent_to(s, a.ndim) for a, s in zip(
-        jax.tree.leaves(updates[-1]), jax.tree.leaves(sh)))
-    return {"kind": "correctness", "mode": mode if jitted else f"{mode}_eager", "layout": layout,
-            "err": err, "kept": kept}
+        updates = run_steps(
+            tx, jax.device_put(params, sh), [jax.device_put(g, sh) for g in grads], jitted
+        )
+    err = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for u, r in zip(updates, reference)
+        for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(r))
+    )
+    kept = all(
+        a.sharding.is_equivalent_to(s, a.ndim)
+        for a, s in zip(jax.tree.leaves(updates[-1]), jax.tree.leaves(sh))
+    )
+    return {
+        "kind": "correctness",
+        "mode": mode if jitted else f"{mode}_eager",
+        "layout": layout,
+        "err": err,
+        "kept": kept,
+    }
 
 
 def repro() -> dict:
@@ -159,16 +195,18 @@ def repro() -> dict:
     ref, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     got, _ = jax.jit(tx.update)(put(grads), put(tx.init(params)), put(params))
     zero, _ = jax.jit(tx.update)(put(params), put(tx.init(params)), put(params))
-    return {"kind": "repro", "err": float(jnp.max(jnp.abs(got["w"] - ref["w"]))),
-            "zero_finite": bool(jnp.all(jnp.isfinite(zero["w"]))),
-            "kept": got["w"].sharding.is_equivalent_to(NamedSharding(mesh, P()), 2)}
+    return {
+        "kind": "repro",
+        "err": float(jnp.max(jnp.abs(got["w"] - ref["w"]))),
+        "zero_finite": bool(jnp.all(jnp.isfinite(zero["w"]))),
+        "kept": got["w"].sharding.is_equivalent_to(NamedSharding(mesh, P()), 2),
+    }
 
 
 def bad_axis() -> dict:
     """``ns_split_axes`` naming an axis the parameters' mesh lacks: the error it raises."""
     mesh = mesh_of("explicit")
-    params = jax.device_put(host_tree({"a": (16, 32), "b": (16, 32)}, 0),
-                            NamedSharding(mesh, P()))
+    params = jax.device_put(host_tree({"a": (16, 32), "b": (16, 32)}, 0), NamedSharding(mesh, P()))
     tx = fo.muon(1e-3, ns_split_axes=("model",))
     try:
         jax.jit(tx.update)(params, tx.init(params), params)

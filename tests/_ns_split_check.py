@@ -63,17 +63,25 @@ def correctness(mode: str, name: str, shape, spec) -> dict:
     # knows its parameters' shardings passes it); the same call on an Explicit mesh.
     hlo = jax.jit(lambda s: orthogonalize_stack(s, newton_schulz, out_sharding=sharding)).lower(x)
     hlo = hlo.compile().as_text()
-    return {"kind": "correctness", "mode": mode, "layout": name, "err": err, "kept": kept,
-            "collectives": collective_bytes(hlo), "full_matrix_moved": full_matrix_moved(hlo,
-                                                                                        shape)}
+    return {
+        "kind": "correctness",
+        "mode": mode,
+        "layout": name,
+        "err": err,
+        "kept": kept,
+        "collectives": collective_bytes(hlo),
+        "full_matrix_moved": full_matrix_moved(hlo, shape),
+    }
 
 
 def full_matrix_moved(hlo: str, shape) -> bool:
     """Whether any collective in ``hlo`` produces a whole (a, b) matrix of the stack."""
     a, b = shape[1:]
     for line in hlo.splitlines():
-        if any(f" {c}(" in line or f" {c}-start(" in line for c in
-               ("all-gather", "all-to-all", "all-reduce", "collective-permute")):
+        if any(
+            f" {c}(" in line or f" {c}-start(" in line
+            for c in ("all-gather", "all-to-all", "all-reduce", "collective-permute")
+        ):
             head = line.split("=", 1)[1].split(" all-")[0].split(" collective-")[0]
             if f",{a},{b}]" in head:
                 return True
@@ -86,15 +94,23 @@ def cost(mode: str, spec, split="auto") -> dict:
     x = jax.device_put(np.zeros(BIG, np.float32), NamedSharding(mesh, spec))
     compiled = jax.jit(lambda s: orthogonalize_stack(s, newton_schulz, split=split)).lower(x)
     compiled = compiled.compile()
-    single = jax.jit(newton_schulz).lower(
-        jax.device_put(np.zeros(BIG, np.float32), jax.devices()[0])).compile()
+    single = (
+        jax.jit(newton_schulz)
+        .lower(jax.device_put(np.zeros(BIG, np.float32), jax.devices()[0]))
+        .compile()
+    )
     hlo = compiled.as_text()
-    return {"kind": "cost", "mode": mode, "spec": str(spec), "split": str(split),
-            "flops_ratio": compiled_flops(compiled) / compiled_flops(single),
-            "dots": sorted(set(dot_shapes(hlo))),
-            "single_dots": sorted(set(dot_shapes(single.as_text()))),
-            "collectives": collective_bytes(hlo),
-            "full_matrix_moved": full_matrix_moved(hlo, BIG)}
+    return {
+        "kind": "cost",
+        "mode": mode,
+        "spec": str(spec),
+        "split": str(split),
+        "flops_ratio": compiled_flops(compiled) / compiled_flops(single),
+        "dots": sorted(set(dot_shapes(hlo))),
+        "single_dots": sorted(set(dot_shapes(single.as_text()))),
+        "collectives": collective_bytes(hlo),
+        "full_matrix_moved": full_matrix_moved(hlo, BIG),
+    }
 
 
 def main() -> None:

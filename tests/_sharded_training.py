@@ -81,8 +81,11 @@ def init_params(key: jax.Array) -> dict[str, Any]:
         w = jax.random.normal(k, (n_in, n_out), jnp.float32) / jnp.sqrt(n_in)
         return {"kernel": w, "bias": jnp.zeros((n_out,), jnp.float32)}
 
-    return {"fc1": dense(k1, D_IN, HIDDEN), "fc2": dense(k2, HIDDEN, HIDDEN),
-            "head": dense(k3, HIDDEN, CLASSES)}
+    return {
+        "fc1": dense(k1, D_IN, HIDDEN),
+        "fc2": dense(k2, HIDDEN, HIDDEN),
+        "head": dense(k3, HIDDEN, CLASSES),
+    }
 
 
 def loss_fn(params, x, y):
@@ -111,7 +114,7 @@ def local_slice(x: np.ndarray) -> np.ndarray:
     """
     n, rank = jax.process_count(), jax.process_index()
     per = x.shape[0] // n
-    return x[rank * per:(rank + 1) * per]
+    return x[rank * per : (rank + 1) * per]
 
 
 def train(name: str, steps: int, mesh: Mesh | None) -> dict[str, Any]:
@@ -152,8 +155,13 @@ def train(name: str, steps: int, mesh: Mesh | None) -> dict[str, Any]:
             y = jax.make_array_from_process_local_data(label_sh, local_slice(y))
         params, state, loss = train_step(params, state, x, y)
         losses.append(float(loss))
-    return {"losses": losses, "params": params, "state": state, "param_shardings": param_sh,
-            "data_sharding": x.sharding}
+    return {
+        "losses": losses,
+        "params": params,
+        "state": state,
+        "param_shardings": param_sh,
+        "data_sharding": x.sharding,
+    }
 
 
 def _path(p) -> str:
@@ -192,8 +200,9 @@ def compare(name: str, steps: int, mesh: Mesh) -> dict[str, Any]:
     )
     params_kept = all(
         a.sharding.is_equivalent_to(s, a.ndim)
-        for a, s in zip(jax.tree.leaves(sharded["params"]),
-                        jax.tree.leaves(sharded["param_shardings"]))
+        for a, s in zip(
+            jax.tree.leaves(sharded["params"]), jax.tree.leaves(sharded["param_shardings"])
+        )
     )
     report = state_sharding_report(sharded["params"], sharded["state"])
     return {
@@ -218,8 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--optimizer", choices=[*OPTIMIZERS, "all"], default="all")
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() first (multi-host)")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host)",
+    )
     args = parser.parse_args(argv)
     names = list(OPTIMIZERS) if args.optimizer == "all" else [args.optimizer]
     if args.distributed:

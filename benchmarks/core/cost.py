@@ -39,8 +39,12 @@ def make_params(n: int) -> dict[str, Any]:
         r = max(2, int(math.isqrt(n)))
         shapes = [(r, r)]
     keys = jax.random.split(jax.random.key(0), len(shapes))
-    return {"blocks": {str(i): {"fc": {"kernel": 0.02 * jax.random.normal(k, s)}}
-                       for i, (k, s) in enumerate(zip(keys, shapes, strict=True))}}
+    return {
+        "blocks": {
+            str(i): {"fc": {"kernel": 0.02 * jax.random.normal(k, s)}}
+            for i, (k, s) in enumerate(zip(keys, shapes, strict=True))
+        }
+    }
 
 
 def tree_bytes(tree: Any) -> int:
@@ -68,8 +72,10 @@ def _ref_op_leaf(p, m, v, g):
 def _ref_op_tree(p, m, v, g):
     """The reference op over whole trees, as ONE jitted call (like an optimizer step)."""
     out = jax.tree.map(_ref_op_leaf, p, m, v, g)
-    pick = [jax.tree.map(lambda t, i=i: t[i], out, is_leaf=lambda x: isinstance(x, tuple))
-            for i in range(3)]
+    pick = [
+        jax.tree.map(lambda t, i=i: t[i], out, is_leaf=lambda x: isinstance(x, tuple))
+        for i in range(3)
+    ]
     return tuple(pick)
 
 
@@ -84,8 +90,11 @@ def _time(fn: Callable[[], Any]) -> float:
 
 def summary(times: list[float]) -> dict[str, float]:
     """Median, min and max of a list of times in seconds."""
-    return {"median_s": float(np.median(times)), "min_s": float(np.min(times)),
-            "max_s": float(np.max(times))}
+    return {
+        "median_s": float(np.median(times)),
+        "min_s": float(np.min(times)),
+        "max_s": float(np.max(times)),
+    }
 
 
 def advance(r: dict[str, Any]) -> Any:
@@ -110,8 +119,9 @@ def interleave(calls: dict[str, Callable[[], Any]], reps: int) -> dict[str, list
     return times
 
 
-def bench_opt_steps(n: int, reps: int, spec_texts: tuple[str, ...] = COST_SPECS,
-                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def bench_opt_steps(
+    n: int, reps: int, spec_texts: tuple[str, ...] = COST_SPECS, log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Interleaved optimizer-step timings at about ``n`` parameters (see module docstring)."""
     params0 = make_params(n)
     n_real = int(sum(x.size for x in jax.tree.leaves(params0)))
@@ -125,8 +135,12 @@ def bench_opt_steps(n: int, reps: int, spec_texts: tuple[str, ...] = COST_SPECS,
             continue
         opt = specs_lib.build(spec, 1e-3, stats=False)
         params = jax.tree.map(jnp.copy, params0)
-        runners[text] = {"step": opt_step(opt), "params": params, "state": opt.init(params),
-                         "batch": grads}
+        runners[text] = {
+            "step": opt_step(opt),
+            "params": params,
+            "state": opt.init(params),
+            "batch": grads,
+        }
     p, m, v = (jax.tree.map(jnp.copy, params0) for _ in range(3))
     ref = {"p": p, "m": m, "v": v}
     del params0
@@ -135,27 +149,42 @@ def bench_opt_steps(n: int, reps: int, spec_texts: tuple[str, ...] = COST_SPECS,
         ref["p"], ref["m"], ref["v"] = ref_op(ref["p"], ref["m"], ref["v"], grads)
         return ref["p"]
 
-    times = interleave({**{t: (lambda r=r: advance(r)) for t, r in runners.items()},
-                        "ref_op": run_ref}, reps)
+    times = interleave(
+        {**{t: (lambda r=r: advance(r)) for t, r in runners.items()}, "ref_op": run_ref}, reps
+    )
     out = []
     for text, r in [*runners.items(), ("ref_op", ref)]:
         r["times"] = times[text]
         s = summary(r["times"])
         b = BYTES_PER_PARAM.get(text.split("(")[0], 28) * n_real
-        out.append({"what": "opt_step", "spec": text, "n_params": n_real, "reps": reps,
-                    "times_s": r["times"], **s,
-                    "state_bytes": None if text == "ref_op" else tree_bytes(r["state"]),
-                    "param_bytes": 4 * n_real, "nominal_bytes": b, "gbps": b / s["median_s"] / 1e9})
+        out.append(
+            {
+                "what": "opt_step",
+                "spec": text,
+                "n_params": n_real,
+                "reps": reps,
+                "times_s": r["times"],
+                **s,
+                "state_bytes": None if text == "ref_op" else tree_bytes(r["state"]),
+                "param_bytes": 4 * n_real,
+                "nominal_bytes": b,
+                "gbps": b / s["median_s"] / 1e9,
+            }
+        )
     return out
 
 
-def bench_train_step(lm_kwargs: dict[str, Any], reps: int,
-                     spec_texts: tuple[str, ...] = COST_SPECS,
-                     log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def bench_train_step(
+    lm_kwargs: dict[str, Any],
+    reps: int,
+    spec_texts: tuple[str, ...] = COST_SPECS,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """Interleaved full train-step (forward, backward, update) timings on the char LM."""
     vocab, ctx, bs = 65, lm_kwargs["context"], lm_kwargs["batch_size"]
-    init, apply = nnx_functional(lambda r: CharLM(vocab, lm_kwargs["d"], lm_kwargs["layers"],
-                                                  lm_kwargs["heads"], ctx, r))
+    init, apply = nnx_functional(
+        lambda r: CharLM(vocab, lm_kwargs["d"], lm_kwargs["layers"], lm_kwargs["heads"], ctx, r)
+    )
     tokens = jax.random.randint(jax.random.key(1), (bs, ctx + 1), 0, vocab)
     n_params = int(sum(x.size for x in jax.tree.leaves(init(jax.random.key(0)))))
 
@@ -178,12 +207,26 @@ def bench_train_step(lm_kwargs: dict[str, Any], reps: int,
             return optax.apply_updates(params, updates), state
 
         params = init(jax.random.key(0))
-        runners[text] = {"step": jax.jit(step, donate_argnums=(0, 1)), "params": params,
-                         "state": opt.init(params), "batch": tokens}
+        runners[text] = {
+            "step": jax.jit(step, donate_argnums=(0, 1)),
+            "params": params,
+            "state": opt.init(params),
+            "batch": tokens,
+        }
 
     times = interleave({t: (lambda r=r: advance(r)) for t, r in runners.items()}, reps)
     for t, r in runners.items():
         r["times"] = times[t]
-    return [{"what": "train_step", "spec": t, "n_params": n_params, "reps": reps,
-             "times_s": r["times"], **summary(r["times"]), "state_bytes": tree_bytes(r["state"]),
-             "lm": dict(lm_kwargs)} for t, r in runners.items()]
+    return [
+        {
+            "what": "train_step",
+            "spec": t,
+            "n_params": n_params,
+            "reps": reps,
+            "times_s": r["times"],
+            **summary(r["times"]),
+            "state_bytes": tree_bytes(r["state"]),
+            "lm": dict(lm_kwargs),
+        }
+        for t, r in runners.items()
+    ]

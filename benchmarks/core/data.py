@@ -112,8 +112,9 @@ def split_text(text: str, vocab: tuple[str, ...] | None = None) -> tuple[np.ndar
 
 def read_tinyshakespeare() -> str:
     """The shipped tinyshakespeare text, checked against its sha256."""
-    raw = _checked(lzma.decompress(TINYSHAKESPEARE.read_bytes()), TINYSHAKESPEARE_SHA256,
-                   TINYSHAKESPEARE)
+    raw = _checked(
+        lzma.decompress(TINYSHAKESPEARE.read_bytes()), TINYSHAKESPEARE_SHA256, TINYSHAKESPEARE
+    )
     return raw.decode("utf-8")
 
 
@@ -153,8 +154,13 @@ def load_mnist1d(path: str | os.PathLike | None = None, n_val: int = 500) -> Cla
     x = arrays["x"].astype(np.float32)
     y = arrays["y"].astype(np.int32)
     return ClassData(
-        x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:],
-        arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int32), 10,
+        x[:-n_val],
+        y[:-n_val],
+        x[-n_val:],
+        y[-n_val:],
+        arrays["x_test"].astype(np.float32),
+        arrays["y_test"].astype(np.int32),
+        10,
         str(arrays["data_id"]),
     )
 
@@ -195,7 +201,12 @@ def load_fashion(directory: str | os.PathLike | None = None, n_val: int = 5000) 
         return (x.reshape(len(x), -1).astype(np.float32) / 255.0 - 0.286) / 0.353
 
     return ClassData(
-        prep(xtr[:-n_val]), ytr[:-n_val].astype(np.int32),
-        prep(xtr[-n_val:]), ytr[-n_val:].astype(np.int32),
-        prep(xte), yte.astype(np.int32), 10, data_id,
+        prep(xtr[:-n_val]),
+        ytr[:-n_val].astype(np.int32),
+        prep(xtr[-n_val:]),
+        ytr[-n_val:].astype(np.int32),
+        prep(xte),
+        yte.astype(np.int32),
+        10,
+        data_id,
     )

@@ -35,8 +35,9 @@ def count_loss_spikes(loss: np.ndarray) -> int:
     return n
 
 
-def steps_to_target(values: np.ndarray, eval_every: int, target: float,
-                    higher_better: bool) -> int | None:
+def steps_to_target(
+    values: np.ndarray, eval_every: int, target: float, higher_better: bool
+) -> int | None:
     """First evaluated step at which the metric reaches ``target`` (None if never)."""
     v = np.asarray(values, float)
     hit = v >= target if higher_better else v <= target
@@ -44,8 +45,9 @@ def steps_to_target(values: np.ndarray, eval_every: int, target: float,
     return int((idx[0] + 1) * eval_every) if idx.size else None
 
 
-def net_metrics(out: dict[str, np.ndarray], eval_every: int, targets: tuple[float, ...],
-                higher_better: bool) -> dict[str, Any]:
+def net_metrics(
+    out: dict[str, np.ndarray], eval_every: int, targets: tuple[float, ...], higher_better: bool
+) -> dict[str, Any]:
     """Metrics of one network run (``out`` = one seed's slice of the training output).
 
     ``steps_to_target`` holds one entry per target: the first evaluated step that reaches it,
@@ -59,8 +61,9 @@ def net_metrics(out: dict[str, np.ndarray], eval_every: int, targets: tuple[floa
         "final_val_metric": _f(out["val_metric"][-1]),
         "test_loss": _f(out["test_loss"]),
         "test_metric": _f(out["test_metric"]),
-        "steps_to_target": [steps_to_target(out["val_metric"], eval_every, t, higher_better)
-                            for t in targets],
+        "steps_to_target": [
+            steps_to_target(out["val_metric"], eval_every, t, higher_better) for t in targets
+        ],
         "loss_spikes": count_loss_spikes(train),
         "diverged": bool(diverged),
         "early_loss": _f(np.mean(train[:EARLY_STEPS])),
@@ -71,8 +74,9 @@ def net_metrics(out: dict[str, np.ndarray], eval_every: int, targets: tuple[floa
     return m
 
 
-def spike_metrics(probe: np.ndarray, sqrt_nu: np.ndarray, spike_step: int,
-                  window: int) -> dict[str, Any]:
+def spike_metrics(
+    probe: np.ndarray, sqrt_nu: np.ndarray, spike_step: int, window: int
+) -> dict[str, Any]:
     """Response to an injected spike, from the per-step probe loss (recorded after each update).
 
     ``loss_ratio`` = peak probe loss in the ``window`` steps from the spike on / mean of the 5
@@ -83,8 +87,8 @@ def spike_metrics(probe: np.ndarray, sqrt_nu: np.ndarray, spike_step: int,
     """
     p = np.asarray(probe, float)
     s = spike_step
-    pre = float(np.mean(p[max(0, s - 5): s]))
-    post = p[s: s + window]
+    pre = float(np.mean(p[max(0, s - 5) : s]))
+    post = p[s : s + window]
     finite = np.isfinite(post)
     peak_i = int(np.nanargmax(np.where(finite, post, np.inf))) if post.size else 0
     peak = float(post[peak_i]) if post.size else math.nan

@@ -89,8 +89,9 @@ class Conv1D(nnx.Module):
 
     def __init__(self, c_in: int, c_out: int, window: int, stride: int, rngs: nnx.Rngs):
         init = nnx.initializers.lecun_normal()
-        self.kernel = nnx.Param(init(rngs.params(), (window * c_in, c_out)).reshape(
-            window, c_in, c_out))
+        self.kernel = nnx.Param(
+            init(rngs.params(), (window * c_in, c_out)).reshape(window, c_in, c_out)
+        )
         self.bias = nnx.Param(jnp.zeros((c_out,)))
         self.window, self.stride = window, stride
 

@@ -32,8 +32,7 @@ def config_hash(obj: Any) -> str:
 def _git(*args: str) -> str:
     """Output of ``git args`` in the repository root ('' when git or the repository is absent)."""
     try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -62,10 +61,17 @@ def provenance() -> dict[str, Any]:
 
     import filtered_optax as fo
 
-    return {**code_state(), "filtered_optax": getattr(fo, "__version__", "unknown"),
-            "jax": jax.__version__, "optax": optax.__version__, "flax": flax.__version__,
-            "python": platform.python_version(), "backend": jax.default_backend(),
-            "machine": platform.machine(), "cpus": os.cpu_count()}
+    return {
+        **code_state(),
+        "filtered_optax": getattr(fo, "__version__", "unknown"),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "flax": flax.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def stamp(prov: dict[str, Any]) -> tuple[Any, ...]:
@@ -75,8 +81,10 @@ def stamp(prov: dict[str, Any]) -> tuple[Any, ...]:
 
 def describe_stamp(prov: dict[str, Any]) -> str:
     """``filtered_optax@abc123456789, benchmarks@def…`` plus the dirty state, for reports."""
-    text = (f"filtered_optax@{str(prov.get('fo_commit'))[:12]}, "
-            f"benchmarks@{str(prov.get('bench_commit'))[:12]}")
+    text = (
+        f"filtered_optax@{str(prov.get('fo_commit'))[:12]}, "
+        f"benchmarks@{str(prov.get('bench_commit'))[:12]}"
+    )
     if prov.get("dirty"):
         text += f", **uncommitted edits** (hash {prov.get('dirty_hash')})"
     return text

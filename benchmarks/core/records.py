@@ -42,8 +42,15 @@ def make_key(kind: str, *parts: Any) -> str:
     return "|".join([kind, *map(str, parts)])
 
 
-def make_record(kind: str, *, suite: str, provenance: dict[str, Any], config: Any,
-                key_parts: tuple[Any, ...], **fields: Any) -> dict[str, Any]:
+def make_record(
+    kind: str,
+    *,
+    suite: str,
+    provenance: dict[str, Any],
+    config: Any,
+    key_parts: tuple[Any, ...],
+    **fields: Any,
+) -> dict[str, Any]:
     """A validated record of ``kind`` (see :data:`KIND_FIELDS` for the fields it needs).
 
     ``config`` is everything that defines the run (task configuration, optimizer spec,
@@ -51,8 +58,15 @@ def make_record(kind: str, *, suite: str, provenance: dict[str, Any], config: An
     resumed run never mistakes a record of another configuration for its own.
     """
     h = config_hash(config)
-    rec = {"schema": SCHEMA, "kind": kind, "key": make_key(kind, suite, h, *key_parts),
-           "suite": suite, "provenance": provenance, "config_hash": h, **fields}
+    rec = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "key": make_key(kind, suite, h, *key_parts),
+        "suite": suite,
+        "provenance": provenance,
+        "config_hash": h,
+        **fields,
+    }
     return validate(rec)
 
 
@@ -122,8 +136,9 @@ def load(path: Path, strict: bool = False) -> list[dict[str, Any]]:
                     raise ValueError(f"{path}:{n}: unreadable record ({e})") from e
                 bad.append(f"{path}:{n}: {e}")
     if bad:
-        warnings.warn(f"skipping {len(bad)} unreadable record(s); first: {bad[0][:300]}",
-                      stacklevel=2)
+        warnings.warn(
+            f"skipping {len(bad)} unreadable record(s); first: {bad[0][:300]}", stacklevel=2
+        )
     return out
 
 
@@ -140,20 +155,27 @@ def check_provenance(recs: list[dict[str, Any]]) -> dict[str, Any]:
     one run of one version of the code, or not at all (rerun the suite).
     """
     if not recs:
-        raise ProvenanceError("no stamped records to report on (records of an older schema "
-                              "carry no commit stamp and are skipped): rerun the suite")
+        raise ProvenanceError(
+            "no stamped records to report on (records of an older schema "
+            "carry no commit stamp and are skipped): rerun the suite"
+        )
     stamps: dict[tuple, dict[str, Any]] = {}
     for r in recs:
         prov = r.get("provenance")
-        if not isinstance(prov, dict) or any(prov.get(k) in (None, "unknown")
-                                             for k in ("fo_commit", "bench_commit")):
-            raise ProvenanceError(f"record {r.get('key', '?')!r} has no commit stamp; "
-                                  f"rerun the suite to produce stamped records")
+        if not isinstance(prov, dict) or any(
+            prov.get(k) in (None, "unknown") for k in ("fo_commit", "bench_commit")
+        ):
+            raise ProvenanceError(
+                f"record {r.get('key', '?')!r} has no commit stamp; "
+                f"rerun the suite to produce stamped records"
+            )
         if any(k not in prov for k in STAMP_FIELDS):
             raise ProvenanceError(f"record {r.get('key', '?')!r} has an incomplete stamp")
         stamps.setdefault(stamp(prov), prov)
     if len(stamps) > 1:
         seen = "; ".join(describe_stamp(p) for p in stamps.values())
-        raise ProvenanceError(f"records come from {len(stamps)} versions of the code ({seen}); "
-                              f"a report combines one version only: rerun the suite")
+        raise ProvenanceError(
+            f"records come from {len(stamps)} versions of the code ({seen}); "
+            f"a report combines one version only: rerun the suite"
+        )
     return next(iter(stamps.values()))

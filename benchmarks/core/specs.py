@@ -95,8 +95,11 @@ def _staged(
     dtype_kw = {k: kw.pop(k) for k in ("mu_dtype", "nu_dtype") if k in kw}
     filter_kw = kw
     filters = {
-        "kalman": "kalman_filter", "spam": "spam_filter", "zscore": "zscore_filter",
-        "soft_clip": "soft_clip_filter", "identity": "identity_filter",
+        "kalman": "kalman_filter",
+        "spam": "spam_filter",
+        "zscore": "zscore_filter",
+        "soft_clip": "soft_clip_filter",
+        "identity": "identity_filter",
     }
     if filter not in filters:
         raise ValueError(f"staged: unknown filter {filter!r}; valid: {sorted(filters)}")
@@ -127,13 +130,15 @@ def hidden_matrices(params: Any, labels: Any = None) -> Any:
     return jax.tree.map(
         lambda s: None if s is None else dn(s.reduction_axes, s.output_axes),
         fo.muon_specs(params, labels=labels),
-        is_leaf=lambda s: s is None or isinstance(s, fo.MatrixSpec))
+        is_leaf=lambda s: s is None or isinstance(s, fo.MatrixSpec),
+    )
 
 
 def _optax_muon(lr: Any, labels: Any = None, **kw: Any) -> optax.GradientTransformation:
     """``optax.contrib.muon`` on the hidden matrices only (:func:`hidden_matrices`)."""
     return optax.contrib.muon(
-        lr, muon_weight_dimension_numbers=lambda p: hidden_matrices(p, labels), **kw)
+        lr, muon_weight_dimension_numbers=lambda p: hidden_matrices(p, labels), **kw
+    )
 
 
 _ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
@@ -142,41 +147,95 @@ _FILTER = {"eta": 1.0, "gamma": 10.0, "warmup": 20, "kappa": 1e-2}
 _DTYPES = {"mu_dtype": None, "nu_dtype": None}
 
 REGISTRY: dict[str, Entry] = {
-    "sgd": Entry("base", lambda lr, **k: optax.sgd(lr, **k),
-                 {"momentum": 0.9, "nesterov": False}, family="sgd",
-                 doc="optax.sgd (heavy-ball momentum 0.9 by default)"),
+    "sgd": Entry(
+        "base",
+        lambda lr, **k: optax.sgd(lr, **k),
+        {"momentum": 0.9, "nesterov": False},
+        family="sgd",
+        doc="optax.sgd (heavy-ball momentum 0.9 by default)",
+    ),
     "adam": Entry("base", lambda lr, **k: optax.adam(lr, **k), dict(_ADAM), doc="optax.adam"),
-    "adamw": Entry("base", lambda lr, **k: optax.adamw(lr, **k),
-                   {**_ADAM, "weight_decay": 1e-4}, doc="optax.adamw"),
-    "rmsprop": Entry("base", lambda lr, **k: optax.rmsprop(lr, **k),
-                     {"decay": 0.9, "eps": 1e-8, "momentum": None}, family="rmsprop",
-                     doc="optax.rmsprop"),
-    "adabelief": Entry("base", lambda lr, **k: optax.adabelief(lr, **k),
-                       {"b1": 0.9, "b2": 0.999, "eps": 1e-16, "eps_root": 1e-16},
-                       doc="optax.adabelief"),
-    "adopt": Entry("base", lambda lr, **k: optax.contrib.adopt(lr, **k),
-                   {"b1": 0.9, "b2": 0.9999, "eps": 1e-6},
-                   doc="optax.contrib.adopt"),
-    "optax_muon": Entry("base", _optax_muon,
-                        {"beta": 0.95, "weight_decay": 0.0, "ns_steps": 5, "adam_b2": 0.999,
-                         "adam_weight_decay": 0.0}, family="muon",
-                        doc="optax.contrib.muon on the hidden matrices only "
-                            "(muon_weight_dimension_numbers = fo.muon's routing)"),
-    "filtered_adam": Entry("base", _filtered("filtered_adam"), {**_ADAM, **_FILTER, **_DTYPES},
-                           uses_filter=True, doc="fo.filtered_adam"),
-    "filtered_adamw": Entry("base", _filtered("filtered_adamw"),
-                            {**_ADAM, **_FILTER, "weight_decay": 1e-4, **_DTYPES},
-                            uses_filter=True, doc="fo.filtered_adamw"),
-    "muon": Entry("base", _fo_plain("muon"), None, family="adam",
-                  doc="fo.muon (hidden matrices → Muon, the rest → AdamW)"),
-    "staged": Entry("base", _staged, None, uses_filter=True,
-                    doc="fo.with_moments(filter=…, moments=…, scale=normalize) + lr"),
+    "adamw": Entry(
+        "base",
+        lambda lr, **k: optax.adamw(lr, **k),
+        {**_ADAM, "weight_decay": 1e-4},
+        doc="optax.adamw",
+    ),
+    "rmsprop": Entry(
+        "base",
+        lambda lr, **k: optax.rmsprop(lr, **k),
+        {"decay": 0.9, "eps": 1e-8, "momentum": None},
+        family="rmsprop",
+        doc="optax.rmsprop",
+    ),
+    "adabelief": Entry(
+        "base",
+        lambda lr, **k: optax.adabelief(lr, **k),
+        {"b1": 0.9, "b2": 0.999, "eps": 1e-16, "eps_root": 1e-16},
+        doc="optax.adabelief",
+    ),
+    "adopt": Entry(
+        "base",
+        lambda lr, **k: optax.contrib.adopt(lr, **k),
+        {"b1": 0.9, "b2": 0.9999, "eps": 1e-6},
+        doc="optax.contrib.adopt",
+    ),
+    "optax_muon": Entry(
+        "base",
+        _optax_muon,
+        {
+            "beta": 0.95,
+            "weight_decay": 0.0,
+            "ns_steps": 5,
+            "adam_b2": 0.999,
+            "adam_weight_decay": 0.0,
+        },
+        family="muon",
+        doc="optax.contrib.muon on the hidden matrices only "
+        "(muon_weight_dimension_numbers = fo.muon's routing)",
+    ),
+    "filtered_adam": Entry(
+        "base",
+        _filtered("filtered_adam"),
+        {**_ADAM, **_FILTER, **_DTYPES},
+        uses_filter=True,
+        doc="fo.filtered_adam",
+    ),
+    "filtered_adamw": Entry(
+        "base",
+        _filtered("filtered_adamw"),
+        {**_ADAM, **_FILTER, "weight_decay": 1e-4, **_DTYPES},
+        uses_filter=True,
+        doc="fo.filtered_adamw",
+    ),
+    "muon": Entry(
+        "base",
+        _fo_plain("muon"),
+        None,
+        family="adam",
+        doc="fo.muon (hidden matrices → Muon, the rest → AdamW)",
+    ),
+    "staged": Entry(
+        "base",
+        _staged,
+        None,
+        uses_filter=True,
+        doc="fo.with_moments(filter=…, moments=…, scale=normalize) + lr",
+    ),
     "fo_adam": Entry("base", _fo_plain("adam"), None, doc="fo.adam"),
     "fo_sgd": Entry("base", _fo_plain("sgd"), None, family="sgd", doc="fo.sgd"),
-    "clip": Entry("modifier", lambda max_norm: optax.clip_by_global_norm(max_norm),
-                  {"max_norm": 1.0}, doc="optax.clip_by_global_norm before the optimizer"),
-    "clip_value": Entry("modifier", lambda max_delta: optax.clip(max_delta),
-                        {"max_delta": 1.0}, doc="optax.clip (element-wise) before the optimizer"),
+    "clip": Entry(
+        "modifier",
+        lambda max_norm: optax.clip_by_global_norm(max_norm),
+        {"max_norm": 1.0},
+        doc="optax.clip_by_global_norm before the optimizer",
+    ),
+    "clip_value": Entry(
+        "modifier",
+        lambda max_delta: optax.clip(max_delta),
+        {"max_delta": 1.0},
+        doc="optax.clip (element-wise) before the optimizer",
+    ),
 }
 
 
@@ -243,8 +302,12 @@ def _literal(node: ast.AST, where: str) -> Any:
     """Evaluate a literal argument; ``inf`` / ``-inf`` are accepted as names."""
     if isinstance(node, ast.Name) and node.id == "inf":
         return INF
-    if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
-            and isinstance(node.operand, ast.Name) and node.operand.id == "inf"):
+    if (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, ast.USub)
+        and isinstance(node.operand, ast.Name)
+        and node.operand.id == "inf"
+    ):
         return -INF
     try:
         return ast.literal_eval(node)
@@ -340,8 +403,9 @@ def parse_spec(text: str) -> OptSpec:
 ROUTED_BASES = ("muon", "optax_muon")
 
 
-def build(spec: OptSpec | str, learning_rate: Any, *, stats: bool = True,
-          routing: Any = None) -> optax.GradientTransformation:
+def build(
+    spec: OptSpec | str, learning_rate: Any, *, stats: bool = True, routing: Any = None
+) -> optax.GradientTransformation:
     """Build the optax transformation for ``spec`` (``learning_rate`` may be a traced scalar).
 
     ``stats=False`` builds filtered optimizers without their statistics buffers. ``routing``
@@ -381,13 +445,24 @@ def check_available(spec: OptSpec | str) -> str | None:
 # so a reader never has to check the whole structure itself.
 
 # fo aliases that are registry bases, by the name their description carries.
-_FO_BASES = {"fo.filtered_adam": "filtered_adam", "fo.filtered_adamw": "filtered_adamw",
-             "fo.muon": "muon", "fo.adam": "fo_adam", "fo.sgd": "fo_sgd"}
-_STAGED_FILTERS = {"fo.kalman_filter": "kalman", "fo.spam_filter": "spam",
-                   "fo.zscore_filter": "zscore", "fo.soft_clip_filter": "soft_clip",
-                   "fo.identity_filter": "identity"}
-_MODIFIERS = {"optax.clip_by_global_norm": ("clip", "max_norm"),
-              "optax.clip": ("clip_value", "max_delta")}
+_FO_BASES = {
+    "fo.filtered_adam": "filtered_adam",
+    "fo.filtered_adamw": "filtered_adamw",
+    "fo.muon": "muon",
+    "fo.adam": "fo_adam",
+    "fo.sgd": "fo_sgd",
+}
+_STAGED_FILTERS = {
+    "fo.kalman_filter": "kalman",
+    "fo.spam_filter": "spam",
+    "fo.zscore_filter": "zscore",
+    "fo.soft_clip_filter": "soft_clip",
+    "fo.identity_filter": "identity",
+}
+_MODIFIERS = {
+    "optax.clip_by_global_norm": ("clip", "max_norm"),
+    "optax.clip": ("clip_value", "max_delta"),
+}
 _NOT_SPEC = ("learning_rate", "stats")  # set by build(), not by the spec
 
 
@@ -416,10 +491,14 @@ def _momentum(desc: Any) -> dict[str, Any]:
 _OPTAX_READERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "sgd": _momentum,
     "adam": lambda d: _hyper(d, "optax.scale_by_adam", "b1", "b2", "eps"),
-    "adamw": lambda d: {**_hyper(d, "optax.scale_by_adam", "b1", "b2", "eps"),
-                        **_hyper(d, "optax.add_decayed_weights", "weight_decay")},
-    "rmsprop": lambda d: {**_hyper(d, "optax.scale_by_rms", "decay", "eps"),
-                          "momentum": _momentum(d)["momentum"]},
+    "adamw": lambda d: {
+        **_hyper(d, "optax.scale_by_adam", "b1", "b2", "eps"),
+        **_hyper(d, "optax.add_decayed_weights", "weight_decay"),
+    },
+    "rmsprop": lambda d: {
+        **_hyper(d, "optax.scale_by_rms", "decay", "eps"),
+        "momentum": _momentum(d)["momentum"],
+    },
     "adabelief": lambda d: _hyper(d, "optax.scale_by_belief", "b1", "b2", "eps", "eps_root"),
     "adopt": lambda d: _hyper(d, "optax.contrib.scale_by_adopt", "b1", "b2", "eps"),
     "optax_muon": lambda d: _optax_muon_kwargs(d),
@@ -430,11 +509,14 @@ def _optax_muon_kwargs(desc: Any) -> dict[str, Any]:
     """``optax_muon(...)`` arguments from ``optax.partition(muon=..., adam=...)``."""
     parts = dict(desc.children)
     muon, adam = parts["muon"], parts["adam"]
-    return {**_hyper(muon, "optax.contrib.scale_by_muon", "beta", "ns_steps"),
-            **_hyper(muon, "optax.add_decayed_weights", "weight_decay"),
-            "adam_b2": _hyper(adam, "optax.scale_by_adam", "b2")["b2"],
-            "adam_weight_decay": _hyper(adam, "optax.add_decayed_weights",
-                                        "weight_decay")["weight_decay"]}
+    return {
+        **_hyper(muon, "optax.contrib.scale_by_muon", "beta", "ns_steps"),
+        **_hyper(muon, "optax.add_decayed_weights", "weight_decay"),
+        "adam_b2": _hyper(adam, "optax.scale_by_adam", "b2")["b2"],
+        "adam_weight_decay": _hyper(adam, "optax.add_decayed_weights", "weight_decay")[
+            "weight_decay"
+        ],
+    }
 
 
 def _staged_kwargs(desc: Any) -> dict[str, Any]:

@@ -58,9 +58,14 @@ class PairedCI:
 
 def paired_ci(a: Sequence[float | None], b: Sequence[float | None]) -> PairedCI | None:
     """95 % t-interval of the mean paired difference; pairs with a missing side are dropped."""
-    d = np.array([x - y for x, y in zip(a, b, strict=True)
-                  if x is not None and y is not None and np.isfinite(x) and np.isfinite(y)],
-                 dtype=float)
+    d = np.array(
+        [
+            x - y
+            for x, y in zip(a, b, strict=True)
+            if x is not None and y is not None and np.isfinite(x) and np.isfinite(y)
+        ],
+        dtype=float,
+    )
     if d.size < 2:
         return None
     mean = float(d.mean())
@@ -89,8 +94,12 @@ def sign_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int, int]:
     n = less + more
     if n == 0:
         return 1.0, 1.0, 0, 0
-    return (float(sps.binom.sf(less - 1, n, 0.5)), float(sps.binom.sf(more - 1, n, 0.5)),
-            less, more)
+    return (
+        float(sps.binom.sf(less - 1, n, 0.5)),
+        float(sps.binom.sf(more - 1, n, 0.5)),
+        less,
+        more,
+    )
 
 
 def holm(pvals: Sequence[float]) -> list[float]:
@@ -133,26 +142,39 @@ class Comparison:
         if self.delta is None and self.censored == (0, 0):
             return f"too few pairs (n={self.n})"
         if self.delta is None:
-            return (f"censored: method better in {self.wins[0]}/{self.n} pairs, worse in "
-                    f"{self.wins[1]} (> window: method {self.censored[0]}, baseline "
-                    f"{self.censored[1]})")
+            return (
+                f"censored: method better in {self.wins[0]}/{self.n} pairs, worse in "
+                f"{self.wins[1]} (> window: method {self.censored[0]}, baseline "
+                f"{self.censored[1]})"
+            )
         res = f", resolution {self.resolution:g}" if self.resolution else ""
         zv = ", zero variance: not evidence" if self.zero_variance else ""
         return f"{self.delta.fmt()}{res}{zv}"
 
 
-def _paired_arrays(method: Mapping[int, float], baseline: Mapping[int, float]
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _paired_arrays(
+    method: Mapping[int, float], baseline: Mapping[int, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Values of the seeds both sides have, as float arrays (``None`` counts as censored)."""
     seeds = sorted(set(method) & set(baseline))
+
     def v(x: float | None) -> float:
         return math.inf if x is None else float(x)
+
     return (np.array([v(method[s]) for s in seeds]), np.array([v(baseline[s]) for s in seeds]))
 
 
-def compare(label: str, method: str, baseline: str, baseline_config: str,
-            method_vals: Mapping[int, float | None], baseline_vals: Mapping[int, float | None],
-            *, margin: float | None = None, resolution: float | None = None) -> Comparison:
+def compare(
+    label: str,
+    method: str,
+    baseline: str,
+    baseline_config: str,
+    method_vals: Mapping[int, float | None],
+    baseline_vals: Mapping[int, float | None],
+    *,
+    margin: float | None = None,
+    resolution: float | None = None,
+) -> Comparison:
     """Paired comparison over the common seeds (lower is better; ``inf``/None = censored).
 
     ``margin`` defaults to :data:`EQUIV_REL` × |baseline mean|, raised to ``resolution``
@@ -165,16 +187,42 @@ def compare(label: str, method: str, baseline: str, baseline_config: str,
         margin = max(EQUIV_REL * base, resolution or 0.0)
     if cens != (0, 0) or a.size < 2:
         p_b, p_w, less, more = sign_test(a, b)
-        return Comparison(label, method, baseline, baseline_config, int(a.size), None,
-                          p_b, p_w, 1.0, margin, cens, (less, more), resolution=resolution)
+        return Comparison(
+            label,
+            method,
+            baseline,
+            baseline_config,
+            int(a.size),
+            None,
+            p_b,
+            p_w,
+            1.0,
+            margin,
+            cens,
+            (less, more),
+            resolution=resolution,
+        )
     d = a - b
     p_b, p_w = one_sided_t(d)
     lo_p = one_sided_t(d, -margin)[1]  # H0: mean <= -margin
     hi_p = one_sided_t(d, margin)[0]  # H0: mean >= +margin
     zero_var = bool(np.all(d == d[0]))
-    return Comparison(label, method, baseline, baseline_config, int(d.size), paired_ci(a, b),
-                      p_b, p_w, max(lo_p, hi_p), margin, cens,
-                      (int(np.sum(d < 0)), int(np.sum(d > 0))), zero_var, resolution)
+    return Comparison(
+        label,
+        method,
+        baseline,
+        baseline_config,
+        int(d.size),
+        paired_ci(a, b),
+        p_b,
+        p_w,
+        max(lo_p, hi_p),
+        margin,
+        cens,
+        (int(np.sum(d < 0)), int(np.sum(d > 0))),
+        zero_var,
+        resolution,
+    )
 
 
 def decide(comps: list[Comparison], alpha: float = ALPHA) -> list[Comparison]:

@@ -116,22 +116,36 @@ def _steps(i: int) -> Callable[[Rec], float]:
     def fn(r: Rec) -> float:
         s = r["metrics"]["steps_to_target"][i]
         return math.inf if s is None else float(s)
+
     return fn
 
 
-def _cmp(label: str, method: str, base: Tuned, warmup: int | None, a: list[Rec],
-         b: list[Rec], fn: Callable[[Rec], float | None], resolution: float | None = None
-         ) -> stats.Comparison:
-    return stats.compare(label, method, base.spec, base.config(warmup), per_seed(a, fn),
-                         per_seed(b, fn), resolution=resolution)
+def _cmp(
+    label: str,
+    method: str,
+    base: Tuned,
+    warmup: int | None,
+    a: list[Rec],
+    b: list[Rec],
+    fn: Callable[[Rec], float | None],
+    resolution: float | None = None,
+) -> stats.Comparison:
+    return stats.compare(
+        label,
+        method,
+        base.spec,
+        base.config(warmup),
+        per_seed(a, fn),
+        per_seed(b, fn),
+        resolution=resolution,
+    )
 
 
 def _warmup(rs: list[Rec]) -> int | None:
     return rs[0].get("warmup") if rs else None
 
 
-def versus_adamw(recs: list[Rec], method_prefix: str, claim: str, test: str,
-                 metric: str) -> Claim:
+def versus_adamw(recs: list[Rec], method_prefix: str, claim: str, test: str, metric: str) -> Claim:
     """``method`` against the tuned AdamW (best of the AdamW grid) on every network task.
 
     ``metric`` is ``"steps"`` (steps to each target, censored, resolution = eval interval) or
@@ -141,8 +155,14 @@ def versus_adamw(recs: list[Rec], method_prefix: str, claim: str, test: str,
     c = Claim(claim, method_prefix, test)
     for task in sorted(evals):
         base = strongest(tuning.get(task, {}), ADAMW_TEXTS)
-        method = next((s for s in sorted(evals[task]) if s == method_prefix
-                       or s.startswith(method_prefix + "(")), None)
+        method = next(
+            (
+                s
+                for s in sorted(evals[task])
+                if s == method_prefix or s.startswith(method_prefix + "(")
+            ),
+            None,
+        )
         if base is None or method is None or base.spec not in evals[task]:
             continue
         a, b = evals[task][method], evals[task][base.spec]
@@ -151,8 +171,18 @@ def versus_adamw(recs: list[Rec], method_prefix: str, claim: str, test: str,
             c.comparisons.append(_cmp(f"{task} test", method, base, w, a, b, test_value))
             continue
         for i, target in enumerate(b[0]["targets"]):
-            c.comparisons.append(_cmp(f"{task} steps to {target:g}", method, base, w, a, b,
-                                      _steps(i), resolution=float(b[0]["eval_every"])))
+            c.comparisons.append(
+                _cmp(
+                    f"{task} steps to {target:g}",
+                    method,
+                    base,
+                    w,
+                    a,
+                    b,
+                    _steps(i),
+                    resolution=float(b[0]["eval_every"]),
+                )
+            )
     stats.decide(c.comparisons)
     return c
 
@@ -161,24 +191,31 @@ def spike_claim(recs: list[Rec], natural: bool) -> Claim:
     """F against the strongest robustness baseline under injected spikes (or, with
     ``natural``, at 4× its tuned LR without warmup): final validation score, eval seeds."""
     tuning, spikes = net_tuning(recs), runs(recs, "spike")
-    c = Claim("stable under a natural instability (4× LR, no warmup)" if natural else
-              "robust to injected gradient spikes (networks)", F,
-              "final validation score (loss or error) after the run, eval seeds")
+    c = Claim(
+        "stable under a natural instability (4× LR, no warmup)"
+        if natural
+        else "robust to injected gradient spikes (networks)",
+        F,
+        "final validation score (loss or error) after the run, eval seeds",
+    )
     for task in sorted(spikes):
         g = spikes[task]
         base = strongest(tuning.get(task, {}), [s for s in ROBUST if s in g])
         if base is None or F not in g:
             continue
+
         def sel(rs: list[Rec]) -> dict[str, list[Rec]]:
             out: dict[str, list[Rec]] = defaultdict(list)
             for r in rs:
                 if ("natural_lr_factor" in r["injection"]) == natural:
                     out[injection_name(r["injection"])].append(r)
             return out
+
         fa, fb = sel(g[F]), sel(g[base.spec])
         for name in sorted(set(fa) & set(fb)):
-            c.comparisons.append(_cmp(f"{task} {name}", F, base, _warmup(fb[name]), fa[name],
-                                      fb[name], score))
+            c.comparisons.append(
+                _cmp(f"{task} {name}", F, base, _warmup(fb[name]), fa[name], fb[name], score)
+            )
     stats.decide(c.comparisons)
     return c
 
@@ -200,8 +237,10 @@ def quad_tuning(recs: Iterable[Rec]) -> dict[str, dict[str, tuple[Tuned, dict[in
     for v, g in by.items():
         for spec, rs in g.items():
             logs = {r["lr"]: _log10s(r) for r in rs}
-            tune = {lr: float(np.mean([x for s, x in d.items() if s in rs[0]["tune_seeds"]]))
-                    for lr, d in logs.items()}
+            tune = {
+                lr: float(np.mean([x for s, x in d.items() if s in rs[0]["tune_seeds"]]))
+                for lr, d in logs.items()
+            }
             finite = {lr: x for lr, x in tune.items() if math.isfinite(x)} or tune
             lr = min(finite, key=finite.get)
             evals = {s: x for s, x in logs[lr].items() if s in rs[0]["eval_seeds"]}
@@ -212,22 +251,28 @@ def quad_tuning(recs: Iterable[Rec]) -> dict[str, dict[str, tuple[Tuned, dict[in
 def _log10s(r: Rec) -> dict[int, float]:
     """``{seed: log10 final loss}`` of a quad record (∞ when diverged)."""
     m = r["metrics"]
-    return {s: (math.log10(f) if f and f > 0 and not d else math.inf)
-            for s, f, d in zip(r["seeds"], m["final_loss"], m["diverged"], strict=True)}
+    return {
+        s: (math.log10(f) if f and f > 0 and not d else math.inf)
+        for s, f, d in zip(r["seeds"], m["final_loss"], m["diverged"], strict=True)
+    }
 
 
 def quad_claim(recs: list[Rec]) -> Claim:
     """F against the strongest robustness baseline on the heavy-tailed / spiky quadratics."""
-    c = Claim("robust to heavy-tailed noise and gradient spikes (quadratics)", F,
-              "log10 final loss at each spec's LR tuned on the tuning seeds, eval seeds")
+    c = Claim(
+        "robust to heavy-tailed noise and gradient spikes (quadratics)",
+        F,
+        "log10 final loss at each spec's LR tuned on the tuning seeds, eval seeds",
+    )
     for v, g in sorted(quad_tuning(recs).items()):
         if v not in ROBUST_QUADS and not v.startswith("sweep/"):
             continue
         base = strongest({s: t for s, (t, _) in g.items()}, ROBUST)
         if base is None or F not in g:
             continue
-        c.comparisons.append(stats.compare(f"quad/{v}", F, base.spec, base.config(),
-                                           g[F][1], g[base.spec][1]))
+        c.comparisons.append(
+            stats.compare(f"quad/{v}", F, base.spec, base.config(), g[F][1], g[base.spec][1])
+        )
     stats.decide(c.comparisons)
     return c
 
@@ -236,8 +281,22 @@ def claims(recs: list[Rec]) -> list[Claim]:
     """Every claim of the report, computed from the records."""
     out = [spike_claim(recs, natural=False), quad_claim(recs), spike_claim(recs, natural=True)]
     for method in (F, "muon", "optax_muon"):
-        out.append(versus_adamw(recs, method, "converges in fewer steps than tuned AdamW",
-                                "steps to each of ≥ 3 fixed validation targets", "steps"))
-        out.append(versus_adamw(recs, method, "generalizes better than tuned AdamW",
-                                "test loss (LM) / test error (classifiers)", "test"))
+        out.append(
+            versus_adamw(
+                recs,
+                method,
+                "converges in fewer steps than tuned AdamW",
+                "steps to each of ≥ 3 fixed validation targets",
+                "steps",
+            )
+        )
+        out.append(
+            versus_adamw(
+                recs,
+                method,
+                "generalizes better than tuned AdamW",
+                "test loss (LM) / test error (classifiers)",
+                "test",
+            )
+        )
     return out

@@ -16,13 +16,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The suite's subcommands."""
     run = sub.add_parser("run", help="run a suite (resumes from its JSONL), then report")
     run.add_argument("--suite", default="quick", help="smoke | quick | full")
-    run.add_argument("--data", default=None, help="UTF-8 text corpus for the LM "
-                     "(default: the shipped tinyshakespeare)")
+    run.add_argument(
+        "--data",
+        default=None,
+        help="UTF-8 text corpus for the LM (default: the shipped tinyshakespeare)",
+    )
     run.add_argument("--mnist1d", default=None, help="MNIST-1D .npz (default: shipped)")
     run.add_argument("--fashion", default=None, help="directory with Fashion-MNIST IDX files")
     run.add_argument("--out", default=None, help="output dir (default benchmarks/results/SUITE)")
-    run.add_argument("--only", default=None, help="comma-separated subset: lm,mnist1d_mlp,"
-                     "mnist1d_cnn,fashion_mlp,quad,cost")
+    run.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated subset: lm,mnist1d_mlp,mnist1d_cnn,fashion_mlp,quad,cost",
+    )
     run.add_argument("--no-cost", action="store_true", help="skip the cost benchmark")
     rep = sub.add_parser("report", help="rewrite REPORT.md, summary.json and plots")
     rep.add_argument("--suite", default="quick")
@@ -62,8 +68,12 @@ def main(a: argparse.Namespace, command: str) -> int:
     if a.cmd == "run":
         from benchmarks.suite.runner import Runner
 
-        paths = {"lm": a.data, "mnist1d_mlp": a.mnist1d, "mnist1d_cnn": a.mnist1d,
-                 "fashion_mlp": a.fashion}
+        paths = {
+            "lm": a.data,
+            "mnist1d_mlp": a.mnist1d,
+            "mnist1d_cnn": a.mnist1d,
+            "fashion_mlp": a.fashion,
+        }
         only = tuple(a.only.split(",")) if a.only else None
         t0 = time.perf_counter()
         info = Runner(suite, out, paths, only, run_cost=not a.no_cost).run()
@@ -71,8 +81,14 @@ def main(a: argparse.Namespace, command: str) -> int:
         last.write_text(json.dumps({"command": command, "info": info}, indent=1))
     meta = json.loads(last.read_text()) if last.exists() else {}
     try:
-        path, claims = report.write_report(out, suite.name, meta.get("command", ""),
-                                           meta.get("info"), suite.notes, suite.indicative)
+        path, claims = report.write_report(
+            out,
+            suite.name,
+            meta.get("command", ""),
+            meta.get("info"),
+            suite.notes,
+            suite.indicative,
+        )
     except ProvenanceError as e:
         print(f"refusing to report on {out / 'runs.jsonl'}: {e}", file=sys.stderr)
         return 2

@@ -73,8 +73,9 @@ def curvatures() -> jax.Array:
     return jnp.logspace(-2.0, 0.0, DIM)
 
 
-def _gradient(x: jax.Array, t: jax.Array, v: dict, seed: jax.Array,
-              steps: int) -> tuple[jax.Array, jax.Array]:
+def _gradient(
+    x: jax.Array, t: jax.Array, v: dict, seed: jax.Array, steps: int
+) -> tuple[jax.Array, jax.Array]:
     """(stochastic gradient at ``x`` on step ``t``, current optimum) for one variant and seed."""
     h = curvatures()
     k_star, k_jump, k_noise = jax.random.split(jax.random.key(seed), 3)
@@ -83,16 +84,21 @@ def _gradient(x: jax.Array, t: jax.Array, v: dict, seed: jax.Array,
     rare = (jnp.arange(DIM) < v["rare_frac"] * DIM).astype(jnp.float32)
     target = x_star + jnp.where(t >= steps // 2, v["jump"], 0.0) * jump_dir
     kn, kt, kc, ks, kg, kr = jax.random.split(jax.random.fold_in(k_noise, t), 6)
-    z = jnp.where(v["heavy"] > 0, jax.random.t(kt, 3.0, (DIM,)) / jnp.sqrt(3.0),
-                  jax.random.normal(kn, (DIM,)))
+    z = jnp.where(
+        v["heavy"] > 0, jax.random.t(kt, 3.0, (DIM,)) / jnp.sqrt(3.0), jax.random.normal(kn, (DIM,))
+    )
     coord = jax.random.bernoulli(kc, v["p_coord"], (DIM,))
     sign = jnp.where(jax.random.bernoulli(ks, 0.5, (DIM,)), 1.0, -1.0)
     z = z + coord * sign * SPIKE
     g = h * (x - target) + v["sigma"] * jnp.sqrt(h) * z
     g = g * jnp.where(jax.random.bernoulli(kg, v["p_global"]), SPIKE, 1.0)
     present = jnp.where(rare > 0, jax.random.bernoulli(kr, v["rare_p"], (DIM,)), True)
-    inj = {"magnitude": v["inj_magnitude"], "pattern": v["inj_pattern"], "kind": v["inj_kind"],
-           "step": (v["inj_at"] * steps).astype(jnp.int32)}
+    inj = {
+        "magnitude": v["inj_magnitude"],
+        "pattern": v["inj_pattern"],
+        "kind": v["inj_kind"],
+        "step": (v["inj_at"] * steps).astype(jnp.int32),
+    }
     return inject(g * present, injected(t, inj), inj), target
 
 
@@ -162,7 +168,8 @@ def make_quad_fn(spec: specs_lib.OptSpec, steps: int) -> Callable[..., dict[str,
         except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError):
             per_lr = [
                 jax.jit(lambda v, s, lr=float(lr): batched(jnp.asarray([lr]), v, s))(
-                    vparams, jnp.asarray(seeds, jnp.int32))
+                    vparams, jnp.asarray(seeds, jnp.int32)
+                )
                 for lr in lrs
             ]
             return jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *per_lr)
@@ -179,7 +186,7 @@ def quad_metrics(loss: np.ndarray, jump: bool) -> dict[str, float | int | bool |
     """
     steps = len(loss)
     finite = bool(np.all(np.isfinite(loss)))
-    final = float(np.mean(loss[-max(1, steps // 10):]))
+    final = float(np.mean(loss[-max(1, steps // 10) :]))
     early = float(np.mean(loss[: min(100, steps)]))
     init = float(0.5 * np.sum(np.asarray(curvatures())))  # E[f(0)] for x* ~ N(0, I)
     diverged = (not finite) or final > 10.0 * init
@@ -190,7 +197,7 @@ def quad_metrics(loss: np.ndarray, jump: bool) -> dict[str, float | int | bool |
     }
     if jump:
         j = steps // 2
-        pre = float(np.mean(loss[max(0, j - 50): j]))
+        pre = float(np.mean(loss[max(0, j - 50) : j]))
         post = loss[j:]
         peak_i = int(np.nanargmax(post)) if finite else 0
         thresh = pre + 0.1 * (float(post[peak_i]) - pre)
@@ -204,15 +211,24 @@ def variants(sweep: tuple[dict[str, Any], ...]) -> dict[str, QuadVariant]:
     out = dict(VARIANTS)
     for inj in sweep:
         name = f"sweep/{inj['kind']}/{inj['pattern']}/{inj['magnitude']:g}"
-        out[name] = QuadVariant(inj_magnitude=inj["magnitude"],
-                                inj_pattern=float(PATTERNS[inj["pattern"]]),
-                                inj_kind=float(KINDS[inj["kind"]]))
+        out[name] = QuadVariant(
+            inj_magnitude=inj["magnitude"],
+            inj_pattern=float(PATTERNS[inj["pattern"]]),
+            inj_kind=float(KINDS[inj["kind"]]),
+        )
     return out
 
 
-def to_records(spec: str, suite: Any, vs: dict[str, QuadVariant], seeds: tuple[int, ...],
-               out: dict[str, np.ndarray], dt: float, cfg: list[Any],
-               prov: dict[str, Any]) -> list[dict[str, Any]]:
+def to_records(
+    spec: str,
+    suite: Any,
+    vs: dict[str, QuadVariant],
+    seeds: tuple[int, ...],
+    out: dict[str, np.ndarray],
+    dt: float,
+    cfg: list[Any],
+    prov: dict[str, Any],
+) -> list[dict[str, Any]]:
     """One ``quad`` record per (variant, LR) holding per-seed metrics, plus a mean curve."""
     recs = []
     n_runs = out["loss"].shape[0] * out["loss"].shape[1] * out["loss"].shape[2]
@@ -220,10 +236,24 @@ def to_records(spec: str, suite: Any, vs: dict[str, QuadVariant], seeds: tuple[i
         for vi, v in enumerate(vs):
             ms = [quad_metrics(out["loss"][li, vi, si], v == "jump") for si in range(len(seeds))]
             metrics = {name: [m.get(name) for m in ms] for name in ms[0]}
-            recs.append(records.make_record(
-                "quad", suite=suite.name, provenance=prov, config=cfg,
-                key_parts=(spec, v, k), task=f"quad/{v}", spec=spec, lr=2.0**k, lr_exp=k,
-                seed=None, seeds=list(seeds), tune_seeds=list(suite.quad_tune_seeds),
-                eval_seeds=list(suite.quad_eval_seeds), steps=suite.quad_steps,
-                metrics=metrics, time_s=dt / n_runs))
+            recs.append(
+                records.make_record(
+                    "quad",
+                    suite=suite.name,
+                    provenance=prov,
+                    config=cfg,
+                    key_parts=(spec, v, k),
+                    task=f"quad/{v}",
+                    spec=spec,
+                    lr=2.0**k,
+                    lr_exp=k,
+                    seed=None,
+                    seeds=list(seeds),
+                    tune_seeds=list(suite.quad_tune_seeds),
+                    eval_seeds=list(suite.quad_eval_seeds),
+                    steps=suite.quad_steps,
+                    metrics=metrics,
+                    time_s=dt / n_runs,
+                )
+            )
     return recs

@@ -51,8 +51,7 @@ def score(metrics: dict[str, Any], higher_better: bool) -> float:
     return 1.0 - v if higher_better else v
 
 
-def next_lr_exp(scores: dict[int, float], window: tuple[int, int], max_extend: int
-                ) -> int | None:
+def next_lr_exp(scores: dict[int, float], window: tuple[int, int], max_extend: int) -> int | None:
     """Next LR exponent to run, or None when the search is done (pure, deterministic).
 
     Fill the initial window; then extend by one point past an edge that holds the best score
@@ -102,8 +101,14 @@ def sweep_specs(tuned: dict[str, tuple[float, float]]) -> list[str]:
 class Runner:
     """Executes a :class:`Suite` into ``out_dir`` (see module docstring)."""
 
-    def __init__(self, suite: Suite, out_dir: Path, paths: dict[str, str | None] | None = None,
-                 only: tuple[str, ...] | None = None, run_cost: bool = True) -> None:
+    def __init__(
+        self,
+        suite: Suite,
+        out_dir: Path,
+        paths: dict[str, str | None] | None = None,
+        only: tuple[str, ...] | None = None,
+        run_cost: bool = True,
+    ) -> None:
         self.suite, self.out = suite, Path(out_dir)
         self.jsonl = self.out / "runs.jsonl"
         self.paths = paths or {}
@@ -135,42 +140,89 @@ class Runner:
             log(f"SKIP {msg}")
 
     # ------------------------------------------------------------------ network tasks
-    def _net_records(self, kind: str, task: NetTask, plan: NetPlan, spec: str, lr: float,
-                     warmup: int, seeds: tuple[int, ...], out: dict[str, np.ndarray], i: int,
-                     inj: dict[str, Any] | None, dt: float) -> list[Rec]:
+    def _net_records(
+        self,
+        kind: str,
+        task: NetTask,
+        plan: NetPlan,
+        spec: str,
+        lr: float,
+        warmup: int,
+        seeds: tuple[int, ...],
+        out: dict[str, np.ndarray],
+        i: int,
+        inj: dict[str, Any] | None,
+        dt: float,
+    ) -> list[Rec]:
         """One record per seed from row ``i`` of a training call's output."""
         recs = []
         for j, s in enumerate(seeds):
             one = {name: v[i, j] for name, v in out.items()}
             m = metrics_lib.net_metrics(one, task.eval_every, plan.targets, task.higher_better)
             fields: dict[str, Any] = {
-                "task": task.name, "data_id": task.data_id, "task_config": task.config,
-                "spec": spec, "lr": lr, "warmup": warmup, "seed": s, "steps": task.steps,
-                "eval_every": task.eval_every, "metric": task.metric,
-                "higher_better": task.higher_better, "targets": list(plan.targets),
-                "n_params": task.n_params, "metrics": m, "time_s": dt / len(seeds),
-                "step_time_s": dt / len(seeds) / task.steps}
+                "task": task.name,
+                "data_id": task.data_id,
+                "task_config": task.config,
+                "spec": spec,
+                "lr": lr,
+                "warmup": warmup,
+                "seed": s,
+                "steps": task.steps,
+                "eval_every": task.eval_every,
+                "metric": task.metric,
+                "higher_better": task.higher_better,
+                "targets": list(plan.targets),
+                "n_params": task.n_params,
+                "metrics": m,
+                "time_s": dt / len(seeds),
+                "step_time_s": dt / len(seeds) / task.steps,
+            }
             if kind != "tune":
                 fields["curves"] = {"val_metric": one["val_metric"], "val_loss": one["val_loss"]}
             if kind == "spike":
                 fields["injection"] = inj
             if kind == "spike" and inj["pattern"] != "none":
-                m.update(metrics_lib.spike_metrics(one["probe_loss"], one["max_sqrt_nu"],
-                                                   inj["step"], min(PROBE_AFTER,
-                                                                    task.steps - inj["step"])))
+                m.update(
+                    metrics_lib.spike_metrics(
+                        one["probe_loss"],
+                        one["max_sqrt_nu"],
+                        inj["step"],
+                        min(PROBE_AFTER, task.steps - inj["step"]),
+                    )
+                )
             cfg = [task.name, task.data_id, task.config, task.steps, spec, lr, warmup, s, inj]
-            recs.append(records.make_record(kind, suite=self.suite.name, provenance=self.prov,
-                                            config=cfg, key_parts=(task.name, spec, s), **fields))
+            recs.append(
+                records.make_record(
+                    kind,
+                    suite=self.suite.name,
+                    provenance=self.prov,
+                    config=cfg,
+                    key_parts=(task.name, spec, s),
+                    **fields,
+                )
+            )
         return recs
 
-    def _unit(self, kind: str, task: NetTask, plan: NetPlan, spec: str, fn: Callable,
-              runs: list[tuple[float, int, dict[str, Any] | None]],
-              seeds: tuple[int, ...]) -> list[Rec]:
+    def _unit(
+        self,
+        kind: str,
+        task: NetTask,
+        plan: NetPlan,
+        spec: str,
+        fn: Callable,
+        runs: list[tuple[float, int, dict[str, Any] | None]],
+        seeds: tuple[int, ...],
+    ) -> list[Rec]:
         """Runs ``(lr, warmup, injection)`` × ``seeds`` in one call unless all are done."""
-        cfgs = [[task.name, task.data_id, task.config, task.steps, spec, lr, w, s, inj]
-                for lr, w, inj in runs for s in seeds]
-        keys = [records.make_key(kind, self.suite.name, records.config_hash(c), task.name, spec,
-                                 c[7]) for c in cfgs]
+        cfgs = [
+            [task.name, task.data_id, task.config, task.steps, spec, lr, w, s, inj]
+            for lr, w, inj in runs
+            for s in seeds
+        ]
+        keys = [
+            records.make_key(kind, self.suite.name, records.config_hash(c), task.name, spec, c[7])
+            for c in cfgs
+        ]
         if all(k in self.done for k in keys):
             self.stats["units_skipped_done"] += 1
             return [self.done[k] for k in keys]
@@ -178,21 +230,26 @@ class Runner:
         out = fn([hyper(lr, w, inj) for lr, w, inj in runs], np.asarray(seeds))
         dt = (time.perf_counter() - t0) / len(runs)
         self.stats["units_run"] += 1
-        recs = [r for i, (lr, w, inj) in enumerate(runs)
-                for r in self._net_records(kind, task, plan, spec, lr, w, seeds, out, i, inj, dt)]
+        recs = [
+            r
+            for i, (lr, w, inj) in enumerate(runs)
+            for r in self._net_records(kind, task, plan, spec, lr, w, seeds, out, i, inj, dt)
+        ]
         self._write(recs)
         return recs
 
-    def tune(self, task: NetTask, plan: NetPlan, spec: str, fn: Callable, warmup: int
-             ) -> tuple[float, float]:
+    def tune(
+        self, task: NetTask, plan: NetPlan, spec: str, fn: Callable, warmup: int
+    ) -> tuple[float, float]:
         """LR search on the tuning seeds; returns (tuned LR, its mean validation score)."""
         family = specs_lib.parse_spec(spec).family
         window = suites_lib.lr_window(task.name, family, plan.window or self.suite.window)
         extend = self.suite.max_extend if plan.max_extend is None else plan.max_extend
         scores: dict[int, float] = {}
         while (k := next_lr_exp(scores, window, extend)) is not None:
-            recs = self._unit("tune", task, plan, spec, fn, [(2.0**k, warmup, None)],
-                              plan.tune_seeds)
+            recs = self._unit(
+                "tune", task, plan, spec, fn, [(2.0**k, warmup, None)], plan.tune_seeds
+            )
             scores[k] = float(np.mean([score(r["metrics"], task.higher_better) for r in recs]))
         finite = {k: v for k, v in scores.items() if math.isfinite(v)}
         k = min(finite, key=finite.get) if finite else min(scores)
@@ -208,8 +265,10 @@ class Runner:
         if any(specs_lib.parse_spec(t).base.name in specs_lib.ROUTED_BASES for t in plan.specs):
             task = with_traced_routing(task)  # Muon's routing, read off the loss once
         warmup = int(round(plan.warmup_frac * task.steps))
-        log(f"task {task.name}: {task.n_params:,} params, {task.steps} steps, data "
-            f"{task.data_id}, tuning seeds {plan.tune_seeds}, eval seeds {plan.eval_seeds}")
+        log(
+            f"task {task.name}: {task.n_params:,} params, {task.steps} steps, data "
+            f"{task.data_id}, tuning seeds {plan.tune_seeds}, eval seeds {plan.eval_seeds}"
+        )
         specs = [specs_lib.parse_spec(t).text for t in plan.specs]
         fns, tuned = {}, {}
         for spec in specs:
@@ -229,14 +288,33 @@ class Runner:
         step = task.steps // 2
         sweep = [{**inj, "step": step} for inj in plan.sweep]
         for spec in sweep_specs(tuned) if sweep else []:
-            self._unit("spike", task, plan, spec, fns[spec],
-                           [(tuned[spec][0], warmup, inj) for inj in sweep], plan.eval_seeds)
+            self._unit(
+                "spike",
+                task,
+                plan,
+                spec,
+                fns[spec],
+                [(tuned[spec][0], warmup, inj) for inj in sweep],
+                plan.eval_seeds,
+            )
         if plan.natural:
-            nat = {"magnitude": 1.0, "pattern": "none", "kind": "batch", "step": 0,
-                   "natural_lr_factor": suites_lib.NATURAL_LR_FACTOR}
+            nat = {
+                "magnitude": 1.0,
+                "pattern": "none",
+                "kind": "batch",
+                "step": 0,
+                "natural_lr_factor": suites_lib.NATURAL_LR_FACTOR,
+            }
             for spec, (lr, _) in tuned.items():
-                self._unit("spike", task, plan, spec, fns[spec],
-                           [(lr * suites_lib.NATURAL_LR_FACTOR, 0, nat)], plan.eval_seeds)
+                self._unit(
+                    "spike",
+                    task,
+                    plan,
+                    spec,
+                    fns[spec],
+                    [(lr * suites_lib.NATURAL_LR_FACTOR, 0, nat)],
+                    plan.eval_seeds,
+                )
 
     # ------------------------------------------------------------------ quadratics
     def run_quads(self) -> None:
@@ -246,19 +324,27 @@ class Runner:
         seeds = s.quad_tune_seeds + s.quad_eval_seeds
         for text in s.quad_specs:
             spec = specs_lib.parse_spec(text)
-            cfg = [spec.text, s.quad_steps, list(variants), s.quad_lr_exps, seeds,
-                   [v.__dict__ for v in variants.values()]]
+            cfg = [
+                spec.text,
+                s.quad_steps,
+                list(variants),
+                s.quad_lr_exps,
+                seeds,
+                [v.__dict__ for v in variants.values()],
+            ]
             key = records.make_key("quad", s.name, records.config_hash(cfg), spec.text, 0)
             if any(k.startswith(key[: key.rindex("|")]) for k in self.done):
                 self.stats["units_skipped_done"] += 1
                 continue
             t0 = time.perf_counter()
-            out = quadratic.make_quad_fn(spec, s.quad_steps)([2.0**k for k in s.quad_lr_exps],
-                                                             list(variants.values()), list(seeds))
+            out = quadratic.make_quad_fn(spec, s.quad_steps)(
+                [2.0**k for k in s.quad_lr_exps], list(variants.values()), list(seeds)
+            )
             dt = time.perf_counter() - t0
             self.stats["units_run"] += 1
-            self._write(quadratic.to_records(spec.text, s, variants, seeds, out, dt, cfg,
-                                             self.prov))
+            self._write(
+                quadratic.to_records(spec.text, s, variants, seeds, out, dt, cfg, self.prov)
+            )
             log(f"  quadratics {spec.text}: {dt:.0f} s")
 
     # ------------------------------------------------------------------ cost
@@ -274,11 +360,25 @@ class Runner:
             if any(k.startswith(prefix) for k in self.done):
                 continue
             run_id = time.strftime("%Y%m%dT%H%M%S")
-            rows = (cost_lib.bench_opt_steps(arg, s.cost_reps, log=log) if what == "opt_step"
-                    else cost_lib.bench_train_step(arg, s.cost_reps, log=log))
-            self._write([records.make_record("cost", suite=s.name, provenance=self.prov,
-                                             config=cfg, key_parts=(row["spec"],),
-                                             run_id=run_id, **row) for row in rows])
+            rows = (
+                cost_lib.bench_opt_steps(arg, s.cost_reps, log=log)
+                if what == "opt_step"
+                else cost_lib.bench_train_step(arg, s.cost_reps, log=log)
+            )
+            self._write(
+                [
+                    records.make_record(
+                        "cost",
+                        suite=s.name,
+                        provenance=self.prov,
+                        config=cfg,
+                        key_parts=(row["spec"],),
+                        run_id=run_id,
+                        **row,
+                    )
+                    for row in rows
+                ]
+            )
 
     def run(self) -> dict[str, Any]:
         """Run every phase of the suite; returns timing and skip information."""
@@ -289,12 +389,17 @@ class Runner:
                 t = time.perf_counter()
                 self.run_task(plan)
                 phases[plan.task] = time.perf_counter() - t
-        for name, fn, on in (("quadratics", self.run_quads, not self.only or "quad" in self.only),
-                             ("cost", self.run_costs, self.run_cost and (
-                                 not self.only or "cost" in self.only))):
+        for name, fn, on in (
+            ("quadratics", self.run_quads, not self.only or "quad" in self.only),
+            ("cost", self.run_costs, self.run_cost and (not self.only or "cost" in self.only)),
+        ):
             if on:
                 t = time.perf_counter()
                 fn()
                 phases[name] = time.perf_counter() - t
-        return {"phases": phases, "total_s": time.perf_counter() - t0, "skipped": self.skipped,
-                **self.stats}
+        return {
+            "phases": phases,
+            "total_s": time.perf_counter() - t0,
+            "skipped": self.skipped,
+            **self.stats,
+        }

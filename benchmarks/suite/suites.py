@@ -29,21 +29,32 @@ SPAM = ("staged(filter='spam')",)
 ROBUST_FAMILIES = (ADAM_B2, CLIP, CLIP_VALUE, SPAM)
 ROBUST_BASELINES = ADAM_B2 + CLIP + CLIP_VALUE + SPAM
 # Convergence / generalization baseline: AdamW over weight decay {0, 0.1} × b2 {0.95, 0.999}.
-ADAMW = ("adamw(b2=0.95, weight_decay=0.0)", "adamw(b2=0.95, weight_decay=0.1)",
-         "adamw(weight_decay=0.0)", "adamw(weight_decay=0.1)")
+ADAMW = (
+    "adamw(b2=0.95, weight_decay=0.0)",
+    "adamw(b2=0.95, weight_decay=0.1)",
+    "adamw(weight_decay=0.0)",
+    "adamw(weight_decay=0.1)",
+)
 # Muon specs derived from the tuned AdamW (its b2 and weight decay), filled in per task.
-MUON_TEMPLATES = ("muon(adam_b2={b2}, weight_decay={wd})",
-                  "optax_muon(adam_b2={b2}, adam_weight_decay={wd}, weight_decay={wd})")
+MUON_TEMPLATES = (
+    "muon(adam_b2={b2}, weight_decay={wd})",
+    "optax_muon(adam_b2={b2}, adam_weight_decay={wd}, weight_decay={wd})",
+)
 NET_SPECS = (F, *ROBUST_BASELINES, *ADAMW)
 QUAD_SPECS = (F, *ROBUST_BASELINES)
 
 # Spike sweep: magnitude × pattern × kind (train.PATTERNS / train.KINDS).
 MAGNITUDES = (3.0, 10.0, 100.0, 1e3, 1e4)
-SWEEP = tuple({"magnitude": m, "pattern": p, "kind": k}
-              for m in MAGNITUDES for p in ("once", "every50", "burst5") for k in ("batch", "row"))
-LM_SWEEP = tuple([{"magnitude": m, "pattern": "once", "kind": "batch"} for m in (10.0, 100.0,
-                                                                               1e3)]
-                 + [{"magnitude": 100.0, "pattern": "every50", "kind": "batch"}])
+SWEEP = tuple(
+    {"magnitude": m, "pattern": p, "kind": k}
+    for m in MAGNITUDES
+    for p in ("once", "every50", "burst5")
+    for k in ("batch", "row")
+)
+LM_SWEEP = tuple(
+    [{"magnitude": m, "pattern": "once", "kind": "batch"} for m in (10.0, 100.0, 1e3)]
+    + [{"magnitude": 100.0, "pattern": "every50", "kind": "batch"}]
+)
 NATURAL_LR_FACTOR = 4.0  # natural instability: 4× the tuned LR, no warmup, nothing injected
 
 # Centre exponent k (lr = 2**k) per task and LR family, from pilot runs with warmup + cosine
@@ -113,12 +124,23 @@ def seeds(first: int, n: int) -> tuple[int, ...]:
 # Sized by one AdamW run (lr 3e-3, b2 0.95, weight decay 0.1, 60 warmup steps + cosine to
 # 3e-4, 1200 steps): validation 1.77 nats/char at step 600, 1.63 at 900, 1.57 at 1200; test
 # 1.74 (bigram 2.49, trigram 2.09 on the same test split).
-_LM_FULL = dict(d=128, layers=2, heads=4, context=128, batch_size=32, steps=1200,
-                eval_every=100, n_val=64, n_test=128)
-_LM_QUICK = dict(d=32, layers=2, heads=2, context=32, batch_size=8, steps=200, eval_every=50,
-                 n_val=32, n_test=64)
-_SMOKE_LM = dict(d=16, layers=1, heads=2, context=16, batch_size=4, steps=4, eval_every=2,
-                 n_val=4, n_test=4)
+_LM_FULL = dict(
+    d=128,
+    layers=2,
+    heads=4,
+    context=128,
+    batch_size=32,
+    steps=1200,
+    eval_every=100,
+    n_val=64,
+    n_test=128,
+)
+_LM_QUICK = dict(
+    d=32, layers=2, heads=2, context=32, batch_size=8, steps=200, eval_every=50, n_val=32, n_test=64
+)
+_SMOKE_LM = dict(
+    d=16, layers=1, heads=2, context=16, batch_size=4, steps=4, eval_every=2, n_val=4, n_test=4
+)
 # The quick suite's specs: F, one member of two robustness families, one AdamW (+ 2 Muons).
 _QUICK_SPECS = (F, "adam", "adam+clip(1.0)", "adamw(b2=0.95, weight_decay=0.1)")
 
@@ -126,65 +148,141 @@ SUITES: dict[str, Suite] = {
     "smoke": Suite(
         name="smoke",
         nets=(
-            NetPlan("lm", _SMOKE_LM, (4.0, 3.5, 3.0), seeds(0, 1), seeds(1000, 1),
-                    specs=(F, "adam", "adamw(b2=0.95, weight_decay=0.1)"), sweep=LM_SWEEP[:1],
-                    natural=True),
-            NetPlan("mnist1d_mlp", dict(hidden=(16,), batch_size=16, steps=4, eval_every=2),
-                    (0.1, 0.2, 0.3), seeds(0, 2), seeds(1000, 2),
-                    specs=(F, "adam", "adam+clip(1.0)", *SPAM, "adamw(weight_decay=0.0)"),
-                    sweep=SWEEP[:2]),
+            NetPlan(
+                "lm",
+                _SMOKE_LM,
+                (4.0, 3.5, 3.0),
+                seeds(0, 1),
+                seeds(1000, 1),
+                specs=(F, "adam", "adamw(b2=0.95, weight_decay=0.1)"),
+                sweep=LM_SWEEP[:1],
+                natural=True,
+            ),
+            NetPlan(
+                "mnist1d_mlp",
+                dict(hidden=(16,), batch_size=16, steps=4, eval_every=2),
+                (0.1, 0.2, 0.3),
+                seeds(0, 2),
+                seeds(1000, 2),
+                specs=(F, "adam", "adam+clip(1.0)", *SPAM, "adamw(weight_decay=0.0)"),
+                sweep=SWEEP[:2],
+            ),
         ),
-        window=1, max_extend=0, quad_specs=(F, "adam", "adam+clip(1.0)", *SPAM), quad_steps=40,
-        quad_tune_seeds=seeds(0, 2), quad_eval_seeds=seeds(1000, 3), quad_lr_exps=(-6, -4),
-        quad_sweep=SWEEP[:2], cost_sizes=(10_000,), cost_reps=2, indicative=True,
-        notes=("smoke size: a few steps of everything, to check that outputs parse; its "
-               "numbers mean nothing",),
+        window=1,
+        max_extend=0,
+        quad_specs=(F, "adam", "adam+clip(1.0)", *SPAM),
+        quad_steps=40,
+        quad_tune_seeds=seeds(0, 2),
+        quad_eval_seeds=seeds(1000, 3),
+        quad_lr_exps=(-6, -4),
+        quad_sweep=SWEEP[:2],
+        cost_sizes=(10_000,),
+        cost_reps=2,
+        indicative=True,
+        notes=(
+            "smoke size: a few steps of everything, to check that outputs parse; its "
+            "numbers mean nothing",
+        ),
     ),
     "quick": Suite(
         name="quick",
         nets=(
             # Equal numbers of tuning and evaluation seeds: one compiled shape serves both.
-            NetPlan("lm", _LM_QUICK, (3.0, 2.8, 2.6), seeds(0, 2), seeds(1000, 2),
-                    specs=_QUICK_SPECS, sweep=LM_SWEEP[1:2]),
-            NetPlan("mnist1d_mlp", dict(steps=400, eval_every=50), (0.5, 0.55, 0.6),
-                    seeds(0, 3), seeds(1000, 3), specs=_QUICK_SPECS,
-                    sweep=tuple(s for s in SWEEP if s["magnitude"] in (10.0, 1e3)
-                                and s["pattern"] != "burst5")),
+            NetPlan(
+                "lm",
+                _LM_QUICK,
+                (3.0, 2.8, 2.6),
+                seeds(0, 2),
+                seeds(1000, 2),
+                specs=_QUICK_SPECS,
+                sweep=LM_SWEEP[1:2],
+            ),
+            NetPlan(
+                "mnist1d_mlp",
+                dict(steps=400, eval_every=50),
+                (0.5, 0.55, 0.6),
+                seeds(0, 3),
+                seeds(1000, 3),
+                specs=_QUICK_SPECS,
+                sweep=tuple(
+                    s for s in SWEEP if s["magnitude"] in (10.0, 1e3) and s["pattern"] != "burst5"
+                ),
+            ),
         ),
-        window=3, max_extend=1, quad_specs=(F, "adam", "adam+clip(1.0)", *SPAM),
+        window=3,
+        max_extend=1,
+        quad_specs=(F, "adam", "adam+clip(1.0)", *SPAM),
         quad_steps=400,
-        quad_tune_seeds=seeds(0, 2), quad_eval_seeds=seeds(1000, 8),
-        quad_lr_exps=tuple(range(-10, 1)), quad_sweep=SWEEP, cost_sizes=(1_000_000,),
+        quad_tune_seeds=seeds(0, 2),
+        quad_eval_seeds=seeds(1000, 8),
+        quad_lr_exps=tuple(range(-10, 1)),
+        quad_sweep=SWEEP,
+        cost_sizes=(1_000_000,),
         indicative=True,
-        notes=("quick size: **indicative only** — the full protocol (disjoint tuning and "
-               "evaluation seeds, warmup + cosine, Holm-corrected verdicts) at a small size: "
-               "fewer seeds and baselines, a tiny LM (d=32, context 32: it does not reach a "
-               "useful loss), "
-               "two network tasks; see the full suite for evidence",),
+        notes=(
+            "quick size: **indicative only** — the full protocol (disjoint tuning and "
+            "evaluation seeds, warmup + cosine, Holm-corrected verdicts) at a small size: "
+            "fewer seeds and baselines, a tiny LM (d=32, context 32: it does not reach a "
+            "useful loss), "
+            "two network tasks; see the full suite for evidence",
+        ),
     ),
     "full": Suite(
         name="full",
         nets=(
             # The LM dominates the cost: 1 tuning seed, a 3-point window extended by ≤ 1 point.
-            NetPlan("lm", _LM_FULL, (2.2, 2.0, 1.8), seeds(0, 1), seeds(1000, 5),
-                    specs=(F, "adam(b2=0.95)", "adam", *CLIP, "adam+clip_value(0.1)", *SPAM,
-                           *ADAMW),
-                    sweep=LM_SWEEP, natural=True, window=3, max_extend=1),
-            NetPlan("mnist1d_mlp", dict(steps=600, eval_every=50), (0.5, 0.55, 0.6),
-                    seeds(0, 2), seeds(1000, 5), sweep=SWEEP),
+            NetPlan(
+                "lm",
+                _LM_FULL,
+                (2.2, 2.0, 1.8),
+                seeds(0, 1),
+                seeds(1000, 5),
+                specs=(F, "adam(b2=0.95)", "adam", *CLIP, "adam+clip_value(0.1)", *SPAM, *ADAMW),
+                sweep=LM_SWEEP,
+                natural=True,
+                window=3,
+                max_extend=1,
+            ),
+            NetPlan(
+                "mnist1d_mlp",
+                dict(steps=600, eval_every=50),
+                (0.5, 0.55, 0.6),
+                seeds(0, 2),
+                seeds(1000, 5),
+                sweep=SWEEP,
+            ),
             # CNN and Fashion-MNIST carry the convergence / generalization claims only.
-            NetPlan("mnist1d_cnn", dict(channels=16, hidden=64, steps=600, eval_every=50),
-                    (0.6, 0.65, 0.7), seeds(0, 2), seeds(1000, 5), specs=(F, *ADAMW)),
-            NetPlan("fashion_mlp", dict(hidden=(128,), steps=600, eval_every=50, n_val=1000),
-                    (0.8, 0.82, 0.84), seeds(0, 2), seeds(1000, 5), specs=(F, *ADAMW)),
+            NetPlan(
+                "mnist1d_cnn",
+                dict(channels=16, hidden=64, steps=600, eval_every=50),
+                (0.6, 0.65, 0.7),
+                seeds(0, 2),
+                seeds(1000, 5),
+                specs=(F, *ADAMW),
+            ),
+            NetPlan(
+                "fashion_mlp",
+                dict(hidden=(128,), steps=600, eval_every=50, n_val=1000),
+                (0.8, 0.82, 0.84),
+                seeds(0, 2),
+                seeds(1000, 5),
+                specs=(F, *ADAMW),
+            ),
         ),
-        window=4, max_extend=2, quad_specs=QUAD_SPECS, quad_steps=1000,
-        quad_tune_seeds=seeds(0, 4), quad_eval_seeds=seeds(1000, 20),
-        quad_lr_exps=tuple(range(-12, 2)), quad_sweep=SWEEP,
-        cost_sizes=(1_000_000, 10_000_000), cost_lm=dict(d=128, layers=2, heads=4, context=128,
-                                                          batch_size=16),
-        notes=("full size: one run on one commit; see benchmarks/README.md (Budget) for "
-               "where its time goes",),
+        window=4,
+        max_extend=2,
+        quad_specs=QUAD_SPECS,
+        quad_steps=1000,
+        quad_tune_seeds=seeds(0, 4),
+        quad_eval_seeds=seeds(1000, 20),
+        quad_lr_exps=tuple(range(-12, 2)),
+        quad_sweep=SWEEP,
+        cost_sizes=(1_000_000, 10_000_000),
+        cost_lm=dict(d=128, layers=2, heads=4, context=128, batch_size=16),
+        notes=(
+            "full size: one run on one commit; see benchmarks/README.md (Budget) for "
+            "where its time goes",
+        ),
     ),
 }
 

@@ -27,6 +27,7 @@ Params = Any
 Batch = dict[str, jax.Array]
 Arrays = dict[str, jax.Array]
 
+
 @dataclass(frozen=True)
 class NetTask:
     """A network benchmark task (see module docstring).
@@ -113,11 +114,8 @@ def make_lm_task(
 
     def sample(arr: Arrays, key: jax.Array) -> Batch:
         starts = jax.random.randint(key, (batch_size,), 0, arr["train"].shape[0] - context - 1)
-        win = jax.vmap(lambda s: jax.lax.dynamic_slice(arr["train"], (s,), (context + 1,)))(
-            starts
-        )
+        win = jax.vmap(lambda s: jax.lax.dynamic_slice(arr["train"], (s,), (context + 1,)))(starts)
         return {"x": win[:, :-1], "y": win[:, 1:]}
-
 
     def evaluate(params: Params, arr: Arrays, split: str) -> tuple[jax.Array, jax.Array]:
         win = arr[split]
@@ -125,13 +123,30 @@ def make_lm_task(
         value = ce.mean()
         return value, value
 
-    config = dict(d=d, layers=layers, heads=heads, context=context, batch_size=batch_size,
-                  vocab=vocab, n_val_windows=int(arrays["val"].shape[0]),
-                  n_test_windows=int(arrays["test"].shape[0]))
+    config = dict(
+        d=d,
+        layers=layers,
+        heads=heads,
+        context=context,
+        batch_size=batch_size,
+        vocab=vocab,
+        n_val_windows=int(arrays["val"].shape[0]),
+        n_test_windows=int(arrays["test"].shape[0]),
+    )
     return NetTask(
-        name="lm", data_id=text.data_id, config=config, arrays=arrays, init=init, loss=loss,
-        sample=sample, evaluate=evaluate, metric="val_loss",
-        higher_better=False, target=target, steps=steps, eval_every=eval_every,
+        name="lm",
+        data_id=text.data_id,
+        config=config,
+        arrays=arrays,
+        init=init,
+        loss=loss,
+        sample=sample,
+        evaluate=evaluate,
+        metric="val_loss",
+        higher_better=False,
+        target=target,
+        steps=steps,
+        eval_every=eval_every,
         n_params=count_params(init),
     )
 
@@ -154,9 +169,12 @@ def _classifier_task(
     """Shared construction for softmax classifiers; metric = validation accuracy."""
     init, apply = nnx_functional(make)
     arrays = {
-        "x_train": jnp.asarray(ds.x_train), "y_train": jnp.asarray(ds.y_train),
-        "x_val": jnp.asarray(ds.x_val[:n_val]), "y_val": jnp.asarray(ds.y_val[:n_val]),
-        "x_test": jnp.asarray(ds.x_test), "y_test": jnp.asarray(ds.y_test),
+        "x_train": jnp.asarray(ds.x_train),
+        "y_train": jnp.asarray(ds.y_train),
+        "x_val": jnp.asarray(ds.x_val[:n_val]),
+        "y_val": jnp.asarray(ds.y_val[:n_val]),
+        "x_test": jnp.asarray(ds.x_test),
+        "y_test": jnp.asarray(ds.y_test),
     }
     # small fixed batch evaluated every step in spike runs
     arrays["x_probe"], arrays["y_probe"] = arrays["x_val"][:256], arrays["y_val"][:256]
@@ -170,55 +188,107 @@ def _classifier_task(
         idx = jax.random.randint(key, (batch_size,), 0, arr["x_train"].shape[0])
         return {"x": arr["x_train"][idx], "y": arr["y_train"][idx]}
 
-
     def evaluate(params: Params, arr: Arrays, split: str) -> tuple[jax.Array, jax.Array]:
         x, y = arr[f"x_{split}"], arr[f"y_{split}"]
         logits = apply(params, x)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return ce, (jnp.argmax(logits, -1) == y).mean()
 
-    config = dict(config, batch_size=batch_size, n_train=int(ds.x_train.shape[0]),
-                  n_val=int(arrays["x_val"].shape[0]), n_test=int(ds.x_test.shape[0]))
+    config = dict(
+        config,
+        batch_size=batch_size,
+        n_train=int(ds.x_train.shape[0]),
+        n_val=int(arrays["x_val"].shape[0]),
+        n_test=int(ds.x_test.shape[0]),
+    )
     return NetTask(
-        name=name, data_id=ds.data_id, config=config, arrays=arrays, init=init, loss=loss,
-        sample=sample, evaluate=evaluate, metric="val_acc",
-        higher_better=True, target=target, steps=steps, eval_every=eval_every,
+        name=name,
+        data_id=ds.data_id,
+        config=config,
+        arrays=arrays,
+        init=init,
+        loss=loss,
+        sample=sample,
+        evaluate=evaluate,
+        metric="val_acc",
+        higher_better=True,
+        target=target,
+        steps=steps,
+        eval_every=eval_every,
         n_params=count_params(init),
     )
 
 
-def make_mnist1d_mlp(path: str | None = None, *, hidden: tuple[int, ...] = (256, 256),
-                     batch_size: int = 128, steps: int = 1000, eval_every: int = 50,
-                     target: float = 0.6) -> NetTask:
+def make_mnist1d_mlp(
+    path: str | None = None,
+    *,
+    hidden: tuple[int, ...] = (256, 256),
+    batch_size: int = 128,
+    steps: int = 1000,
+    eval_every: int = 50,
+    target: float = 0.6,
+) -> NetTask:
     """MLP on MNIST-1D (40 inputs, 10 classes)."""
     ds = data_lib.load_mnist1d(path)
     return _classifier_task(
-        "mnist1d_mlp", ds, lambda r: MLP(40, hidden, 10, r), batch_size=batch_size,
-        steps=steps, eval_every=eval_every, target=target, n_val=10**9,
+        "mnist1d_mlp",
+        ds,
+        lambda r: MLP(40, hidden, 10, r),
+        batch_size=batch_size,
+        steps=steps,
+        eval_every=eval_every,
+        target=target,
+        n_val=10**9,
         config={"hidden": list(hidden)},
     )
 
 
-def make_mnist1d_cnn(path: str | None = None, *, channels: int = 32, hidden: int = 128,
-                     batch_size: int = 128, steps: int = 1000, eval_every: int = 50,
-                     target: float = 0.7) -> NetTask:
+def make_mnist1d_cnn(
+    path: str | None = None,
+    *,
+    channels: int = 32,
+    hidden: int = 128,
+    batch_size: int = 128,
+    steps: int = 1000,
+    eval_every: int = 50,
+    target: float = 0.7,
+) -> NetTask:
     """Small 1-D CNN on MNIST-1D."""
     ds = data_lib.load_mnist1d(path)
     return _classifier_task(
-        "mnist1d_cnn", ds, lambda r: CNN1D(40, channels, hidden, 10, r), batch_size=batch_size,
-        steps=steps, eval_every=eval_every, target=target, n_val=10**9,
+        "mnist1d_cnn",
+        ds,
+        lambda r: CNN1D(40, channels, hidden, 10, r),
+        batch_size=batch_size,
+        steps=steps,
+        eval_every=eval_every,
+        target=target,
+        n_val=10**9,
         config={"channels": channels, "hidden": hidden},
     )
 
 
-def make_fashion_mlp(directory: str | None = None, *, hidden: tuple[int, ...] = (256, 256),
-                     batch_size: int = 128, steps: int = 600, eval_every: int = 50,
-                     target: float = 0.82, n_val: int = 2000) -> NetTask:
+def make_fashion_mlp(
+    directory: str | None = None,
+    *,
+    hidden: tuple[int, ...] = (256, 256),
+    batch_size: int = 128,
+    steps: int = 600,
+    eval_every: int = 50,
+    target: float = 0.82,
+    n_val: int = 2000,
+) -> NetTask:
     """MLP on Fashion-MNIST (784 inputs, 10 classes)."""
     ds = data_lib.load_fashion(directory)
     return _classifier_task(
-        "fashion_mlp", ds, lambda r: MLP(784, hidden, 10, r), batch_size=batch_size,
-        steps=steps, eval_every=eval_every, target=target, n_val=n_val,
+        "fashion_mlp",
+        ds,
+        lambda r: MLP(784, hidden, 10, r),
+        batch_size=batch_size,
+        steps=steps,
+        eval_every=eval_every,
+        target=target,
+        n_val=n_val,
         config={"hidden": list(hidden)},
     )
 
@@ -231,8 +301,7 @@ TASK_BUILDERS: dict[str, Callable[..., NetTask]] = {
 }
 
 
-def ngram_loss(train: np.ndarray, test: np.ndarray, vocab: int, n: int, k: float = 0.1
-               ) -> float:
+def ngram_loss(train: np.ndarray, test: np.ndarray, vocab: int, n: int, k: float = 0.1) -> float:
     """Cross-entropy (nats/char) on ``test`` of an order-``n`` character model fit on ``train``.
 
     Lidstone (add-``k``) smoothing: ``p(c | ctx) = (N(ctx, c) + k) / (N(ctx) + k·V)`` — the
@@ -245,7 +314,7 @@ def ngram_loss(train: np.ndarray, test: np.ndarray, vocab: int, n: int, k: float
     def index(tokens: np.ndarray) -> np.ndarray:
         idx = np.zeros(len(tokens) - n + 1, np.int64)
         for j in range(n):
-            idx = idx * vocab + tokens[j: len(tokens) - n + 1 + j].astype(np.int64)
+            idx = idx * vocab + tokens[j : len(tokens) - n + 1 + j].astype(np.int64)
         return idx
 
     counts = np.bincount(index(train), minlength=vocab**n).reshape(-1, vocab) + k

@@ -59,15 +59,17 @@ def injected(i: jax.Array, inj: dict[str, jax.Array]) -> jax.Array:
     once = since == 0
     every = (since >= 0) & (since % EVERY == 0)
     burst = (since >= 0) & (since < BURST)
-    return jnp.select([inj["pattern"] == 1, inj["pattern"] == 2, inj["pattern"] == 3],
-                      [once, every, burst], False)
+    return jnp.select(
+        [inj["pattern"] == 1, inj["pattern"] == 2, inj["pattern"] == 3], [once, every, burst], False
+    )
 
 
 def inject(grads: Any, on: jax.Array, inj: dict[str, jax.Array]) -> Any:
     """``grads`` with the spike of :func:`injected` applied when ``on`` (see module docstring)."""
     leaves, treedef = jax.tree.flatten(grads)
-    rms = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in leaves)
-                   / sum(g.size for g in leaves))
+    rms = jnp.sqrt(
+        sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in leaves) / sum(g.size for g in leaves)
+    )
     row_leaf = next((j for j, g in enumerate(leaves) if g.ndim >= 2), 0)
     out = []
     for j, g in enumerate(leaves):
@@ -90,8 +92,14 @@ def _records(spec: specs_lib.OptSpec, state: Any) -> dict[str, jax.Array]:
     return rec
 
 
-def _run(task: NetTask, spec: specs_lib.OptSpec, arrays: dict, hp: dict[str, jax.Array],
-         seed: jax.Array, probe: bool) -> dict[str, jax.Array]:
+def _run(
+    task: NetTask,
+    spec: specs_lib.OptSpec,
+    arrays: dict,
+    hp: dict[str, jax.Array],
+    seed: jax.Array,
+    probe: bool,
+) -> dict[str, jax.Array]:
     """Train one seed in one scan; per-step and per-eval curves and the final test metrics.
 
     With ``probe`` (spike runs) the probe loss is evaluated on every step of the window around
@@ -100,8 +108,7 @@ def _run(task: NetTask, spec: specs_lib.OptSpec, arrays: dict, hp: dict[str, jax
     """
     k_init, k_data = jax.random.split(jax.random.key(seed))
     params = task.init(k_init)
-    opt = specs_lib.build(spec, schedule(hp["lr"], hp["warmup"], task.steps),
-                          routing=task.routing)
+    opt = specs_lib.build(spec, schedule(hp["lr"], hp["warmup"], task.steps), routing=task.routing)
     state = opt.init(params)
     nan = jnp.float32(jnp.nan)
 
@@ -115,9 +122,16 @@ def _run(task: NetTask, spec: specs_lib.OptSpec, arrays: dict, hp: dict[str, jax
         rec = _records(spec, state)
         rec["train_loss"] = loss
         near = (i >= hp["step"] - PROBE_BEFORE) & (i < hp["step"] + PROBE_AFTER)
-        rec["probe_loss"] = jax.lax.cond(
-            near, lambda p: task.evaluate(p, arrays, "probe")[0].astype(jnp.float32),
-            lambda p: nan, params) if probe else nan
+        rec["probe_loss"] = (
+            jax.lax.cond(
+                near,
+                lambda p: task.evaluate(p, arrays, "probe")[0].astype(jnp.float32),
+                lambda p: nan,
+                params,
+            )
+            if probe
+            else nan
+        )
         return (params, state), rec
 
     def chunk(carry, c):
@@ -125,7 +139,8 @@ def _run(task: NetTask, spec: specs_lib.OptSpec, arrays: dict, hp: dict[str, jax
         return carry, (recs, *task.evaluate(carry[0], arrays, "val"))
 
     (params, _), (recs, val_loss, val_metric) = jax.lax.scan(
-        chunk, (params, state), jnp.arange(task.steps // task.eval_every))
+        chunk, (params, state), jnp.arange(task.steps // task.eval_every)
+    )
     out = {k: v.reshape(-1) for k, v in recs.items()}
     out["val_loss"], out["val_metric"] = val_loss, val_metric
     out["test_loss"], out["test_metric"] = task.evaluate(params, arrays, "test")
@@ -138,10 +153,14 @@ TrainFn = Callable[..., dict[str, np.ndarray]]
 def hyper(lr: float, warmup: int, injection: dict[str, Any] | None = None) -> dict[str, Any]:
     """The traced knobs of one run: peak LR, warmup steps and the injection."""
     inj = {**NO_INJECTION, **(injection or {})}
-    return {"lr": np.float32(lr), "warmup": np.float32(warmup),
-            "magnitude": np.float32(inj["magnitude"]), "pattern": np.int32(
-                PATTERNS[inj["pattern"]]), "kind": np.int32(KINDS[inj["kind"]]),
-            "step": np.int32(inj["step"])}
+    return {
+        "lr": np.float32(lr),
+        "warmup": np.float32(warmup),
+        "magnitude": np.float32(inj["magnitude"]),
+        "pattern": np.int32(PATTERNS[inj["pattern"]]),
+        "kind": np.int32(KINDS[inj["kind"]]),
+        "step": np.int32(inj["step"]),
+    }
 
 
 def make_train_fn(task: NetTask, spec: specs_lib.OptSpec) -> TrainFn:

@@ -121,10 +121,19 @@ PROV = {"commit": "c", "fo_commit": "a", "bench_commit": "b", "dirty": False, "d
 
 
 def _record(**kw) -> dict:
-    rec = records.make_record("tune", suite="t", provenance=PROV, config=kw.get("seed", 0),
-                              key_parts=(kw.get("seed", 0),), task="x", spec="adam", lr=1e-3,
-                              seed=0, metrics={"a": 1.5, "b": None, "c": True},
-                              curves={"loss": [1.0, 0.5]})
+    rec = records.make_record(
+        "tune",
+        suite="t",
+        provenance=PROV,
+        config=kw.get("seed", 0),
+        key_parts=(kw.get("seed", 0),),
+        task="x",
+        spec="adam",
+        lr=1e-3,
+        seed=0,
+        metrics={"a": 1.5, "b": None, "c": True},
+        curves={"loss": [1.0, 0.5]},
+    )
     rec.update(kw)
     return rec
 
@@ -141,8 +150,16 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
 
 
 def test_jsonl_is_strict_json_and_cleans_numpy() -> None:
-    line = records.dumps(_record(metrics={"x": np.float32(np.nan), "y": np.inf,
-                                          "z": np.arange(3), "w": np.float64(0.1234567891)}))
+    line = records.dumps(
+        _record(
+            metrics={
+                "x": np.float32(np.nan),
+                "y": np.inf,
+                "z": np.arange(3),
+                "w": np.float64(0.1234567891),
+            }
+        )
+    )
     rec = json.loads(line)  # strict: NaN/Inf became null
     assert rec["metrics"] == {"x": None, "y": None, "z": [0, 1, 2], "w": 0.123457}
 
@@ -195,22 +212,36 @@ def test_injected_spike_changes_the_run_only_from_its_step_on() -> None:
 
     task = tasks.make_mnist1d_mlp(hidden=(8,), batch_size=8, steps=6, eval_every=2)
     fn = train.make_train_fn(task, specs.parse_spec("adam"))
-    hps = [train.hyper(1e-2, 2), train.hyper(1e-2, 2, {"magnitude": 1e3, "pattern": "once",
-                                                       "kind": "row", "step": 3})]
+    hps = [
+        train.hyper(1e-2, 2),
+        train.hyper(1e-2, 2, {"magnitude": 1e3, "pattern": "once", "kind": "row", "step": 3}),
+    ]
     out = fn(hps, np.arange(2))
     loss = out["train_loss"]  # [hp, seed, step]: loss at step i is before update i
     np.testing.assert_array_equal(loss[0, :, :4], loss[1, :, :4])
     assert np.all(loss[0, :, 4:] != loss[1, :, 4:])
-    on = [bool(train.injected(jnp.int32(i), {"pattern": jnp.int32(train.PATTERNS[p]),
-                                              "step": jnp.int32(3)}))
-          for p in ("every50", "burst5") for i in (2, 3, 7, 53)]
+    on = [
+        bool(
+            train.injected(
+                jnp.int32(i), {"pattern": jnp.int32(train.PATTERNS[p]), "step": jnp.int32(3)}
+            )
+        )
+        for p in ("every50", "burst5")
+        for i in (2, 3, 7, 53)
+    ]
     assert on == [False, True, False, True, False, True, True, False]
 
 
 def _run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +260,21 @@ def test_smoke_covers_every_task_and_spec(smoke_dir: Path) -> None:
         for text in plan.specs:
             spec = parse_spec(text).text
             assert ("tune", plan.task, spec) in seen and ("eval", plan.task, spec) in seen
-        swept = {r["spec"] for r in recs if r["kind"] == "spike" and r["task"] == plan.task
-                 and "natural_lr_factor" not in r["injection"]}
+        swept = {
+            r["spec"]
+            for r in recs
+            if r["kind"] == "spike"
+            and r["task"] == plan.task
+            and "natural_lr_factor" not in r["injection"]
+        }
         assert "filtered_adam" in swept and len(swept) >= 2, swept  # F + strongest baselines
-        derived = [r["spec"] for r in recs if r["kind"] == "eval" and r["task"] == plan.task
-                   and r["spec"].split("(")[0] in ("muon", "optax_muon")]
+        derived = [
+            r["spec"]
+            for r in recs
+            if r["kind"] == "eval"
+            and r["task"] == plan.task
+            and r["spec"].split("(")[0] in ("muon", "optax_muon")
+        ]
         assert len(set(derived)) == 2, derived  # fo.muon and optax muon, from the tuned AdamW
         tune = {r["seed"] for r in recs if r["kind"] == "tune" and r["task"] == plan.task}
         ev = {r["seed"] for r in recs if r["kind"] == "eval" and r["task"] == plan.task}
@@ -251,9 +292,14 @@ def test_smoke_covers_every_task_and_spec(smoke_dir: Path) -> None:
 def test_smoke_report_summary_and_plots(smoke_dir: Path) -> None:
     report = (smoke_dir / "REPORT.md").read_text()
     assert "## Claims" in report and "Indicative only" in report
-    for claim in ("robust to injected gradient spikes", "robust to heavy-tailed noise",
-                  "natural instability", "converges in fewer steps than tuned AdamW",
-                  "generalizes better than tuned AdamW", "bigram"):
+    for claim in (
+        "robust to injected gradient spikes",
+        "robust to heavy-tailed noise",
+        "natural instability",
+        "converges in fewer steps than tuned AdamW",
+        "generalizes better than tuned AdamW",
+        "bigram",
+    ):
         assert claim in report
     summ = json.loads((smoke_dir / "summary.json").read_text())
     assert {"commit", "wall_s", "tasks", "claims"} <= set(summ)
@@ -263,8 +309,16 @@ def test_smoke_report_summary_and_plots(smoke_dir: Path) -> None:
         assert not set(t["tuning_seeds"]) & set(t["eval_seeds"])
         assert all({"config", "test_mean", "test_ci"} <= set(b) for b in t["best"].values())
     for row in summ["claims"]:
-        assert {"claim", "method", "baseline", "baseline_config", "verdict", "delta", "ci",
-                "p_holm"} <= set(row)
+        assert {
+            "claim",
+            "method",
+            "baseline",
+            "baseline_config",
+            "verdict",
+            "delta",
+            "ci",
+            "p_holm",
+        } <= set(row)
         assert row["verdict"] in stats.VERDICTS
     pngs = {p.name for p in smoke_dir.glob("*.png")}
     assert {"curves_mnist1d_mlp.png", "curves_lm.png"} <= pngs
@@ -277,14 +331,31 @@ def test_resume_skips_finished_runs(smoke_dir: Path) -> None:
     lines = path.read_text().splitlines()
     # Simulate an interrupt: drop every record of one quadratic spec and one eval unit.
     drop = parse_spec("adam+clip(1.0)").text
-    kept = [ln for ln in lines if not (json.loads(ln).get("spec") == drop
-                                       and json.loads(ln)["kind"] == "quad")]
-    kept = [ln for ln in kept
-            if not (json.loads(ln).get("spec") == "adam" and json.loads(ln)["kind"] == "eval"
-                    and json.loads(ln)["task"] == "mnist1d_mlp")]
+    kept = [
+        ln
+        for ln in lines
+        if not (json.loads(ln).get("spec") == drop and json.loads(ln)["kind"] == "quad")
+    ]
+    kept = [
+        ln
+        for ln in kept
+        if not (
+            json.loads(ln).get("spec") == "adam"
+            and json.loads(ln)["kind"] == "eval"
+            and json.loads(ln)["task"] == "mnist1d_mlp"
+        )
+    ]
     path.write_text("\n".join(kept) + "\n")
-    proc = _run_cli("run", "--suite", "smoke", "--out", str(smoke_dir), "--no-cost",
-                    "--only", "mnist1d_mlp,quad")
+    proc = _run_cli(
+        "run",
+        "--suite",
+        "smoke",
+        "--out",
+        str(smoke_dir),
+        "--no-cost",
+        "--only",
+        "mnist1d_mlp,quad",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((smoke_dir / "last_run.json").read_text())["info"]
     assert info["units_run"] == 2, info  # only the two dropped units were redone
@@ -319,8 +390,11 @@ def test_orthogonality_error_of_exact_polar_factor_is_zero() -> None:
 
 def test_report_lists_the_resolved_configuration_of_every_spec(smoke_dir: Path) -> None:
     text = (smoke_dir / "OPTIMIZERS.md").read_text()
-    specs = {r["spec"] for r in records.load(smoke_dir / "runs.jsonl")
-             if r["kind"] in ("tune", "eval", "spike", "quad")}
+    specs = {
+        r["spec"]
+        for r in records.load(smoke_dir / "runs.jsonl")
+        if r["kind"] in ("tune", "eval", "spike", "quad")
+    }
     for spec in specs:
         assert f"## `{spec}`" in text
     block = text.split("## `filtered_adam`")[1].split("## ")[0]
@@ -331,8 +405,11 @@ def test_report_lists_the_resolved_configuration_of_every_spec(smoke_dir: Path) 
 def test_perf_cli_marks_every_target_and_rewrites_from_json(tmp_path: Path) -> None:
     proc = _run_cli("perf", "--quick", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = [line for line in (tmp_path / "perf.md").read_text().splitlines()
-             if line.startswith("| ") and line.split("|")[1].strip() in ("1", "2", "3", "4")]
+    table = [
+        line
+        for line in (tmp_path / "perf.md").read_text().splitlines()
+        if line.startswith("| ") and line.split("|")[1].strip() in ("1", "2", "3", "4")
+    ]
     assert [line.split("|")[1].strip() for line in table] == ["1", "2", "3", "4"]
     assert all(line.rstrip(" |").endswith(("**met**", "**not met**")) for line in table)
     res = json.loads((tmp_path / "perf.json").read_text())

@@ -72,12 +72,14 @@ def test_wilson_interval() -> None:
 def test_choose_lr_most_passes_then_median_then_smaller() -> None:
     p = PROBLEMS[0]
     t = p.threshold
-    vals = np.array([
-        [t / 2, t * 2, np.nan],  # 1 pass
-        [t / 2, t / 3, t * 5],  # 2 passes, median t/2
-        [t / 10, t / 10, np.inf],  # 2 passes, median t/10  <- chosen
-        [t / 10, t / 10, t * 9],  # 2 passes, same median: larger LR loses the tie
-    ])
+    vals = np.array(
+        [
+            [t / 2, t * 2, np.nan],  # 1 pass
+            [t / 2, t / 3, t * 5],  # 2 passes, median t/2
+            [t / 10, t / 10, np.inf],  # 2 passes, median t/10  <- chosen
+            [t / 10, t / 10, t * 9],  # 2 passes, same median: larger LR loses the tie
+        ]
+    )
     assert ladder.choose_lr(p, vals) == 2
 
 
@@ -93,7 +95,8 @@ def test_lr_grids_are_equal_in_size_and_shifted_per_family() -> None:
 def test_muon_only_on_matrix_problems() -> None:
     muon = next(iter(ladder.MATRIX_ONLY))
     assert {p.name for p in PROBLEMS if ladder.applies(p, muon)} == {
-        p.name for p in PROBLEMS if p.matrix}
+        p.name for p in PROBLEMS if p.matrix
+    }
     assert all(ladder.applies(p, "adam") for p in PROBLEMS)
 
 
@@ -102,7 +105,12 @@ def test_quick_cli_writes_table_json_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "ladder"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "ladder", "--quick", "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["quick"] is True

@@ -40,8 +40,8 @@ def test_dot_shapes_and_groups():
 def test_measure_quick_meets_the_targets():
     rows = ns_scaling.measure(quick=True, device_counts=(1, 8))
     assert {(r["case"], r["layout"], r["devices"]) for r in rows} == {
-        (c, lay, n) for c in ("8 x 256²", "lm d=128") for lay in ns_scaling.LAYOUTS
-        for n in (1, 8)}
+        (c, lay, n) for c in ("8 x 256²", "lm d=128") for lay in ns_scaling.LAYOUTS for n in (1, 8)
+    }
     # Both the bare stacks and the whole fo.muon update are measured.
     assert {r["via"] for r in rows} == {"stack", "fo.muon update"}
     assert len(rows) == 2 * 2 * 2 * 2  # cases x layouts x N x measured

@@ -18,8 +18,7 @@ SIBLING_PATH = re.compile(rf"\.\./{SIBLING}|[\"']{SIBLING}[\"']|{SIBLING}/data")
 
 
 def _tracked(*patterns: str) -> list[Path]:
-    out = subprocess.run(["git", "ls-files", *patterns], cwd=REPO, capture_output=True,
-                         text=True)
+    out = subprocess.run(["git", "ls-files", *patterns], cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:  # not a git checkout (e.g. an unpacked archive): walk the tree
         return [p for pat in patterns for p in REPO.rglob(pat) if ".venv" not in p.parts]
     return [REPO / line for line in out.stdout.splitlines()]
@@ -28,9 +27,12 @@ def _tracked(*patterns: str) -> list[Path]:
 def test_no_code_or_notebook_reads_a_folder_beside_the_repository():
     files = _tracked("*.py", "*.ipynb")
     assert len(files) > 20
-    hits = [f"{f.relative_to(REPO)}:{i}: {line.strip()}"
-            for f in files for i, line in enumerate(f.read_text().splitlines(), 1)
-            if SIBLING_PATH.search(line)]
+    hits = [
+        f"{f.relative_to(REPO)}:{i}: {line.strip()}"
+        for f in files
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if SIBLING_PATH.search(line)
+    ]
     assert not hits, "paths outside the repository:\n" + "\n".join(hits)
 
 

@@ -15,9 +15,21 @@ from benchmarks.suite import analysis as an
 from benchmarks.suite import report
 from benchmarks.suite.suites import F
 
-PROV = {"commit": "c" * 40, "fo_commit": "a" * 40, "bench_commit": "b" * 40, "dirty": False,
-        "dirty_hash": "", "filtered_optax": "0", "jax": "0", "optax": "0", "flax": "0",
-        "python": "3", "backend": "cpu", "machine": "x", "cpus": 2}
+PROV = {
+    "commit": "c" * 40,
+    "fo_commit": "a" * 40,
+    "bench_commit": "b" * 40,
+    "dirty": False,
+    "dirty_hash": "",
+    "filtered_optax": "0",
+    "jax": "0",
+    "optax": "0",
+    "flax": "0",
+    "python": "3",
+    "backend": "cpu",
+    "machine": "x",
+    "cpus": 2,
+}
 BASE = "adamw(weight_decay=0.1)"
 
 
@@ -36,32 +48,58 @@ def test_pure_noise_is_never_better() -> None:
         comps = []
         for j in range(4):
             base = rng.normal(2.0, 0.1, 5)
-            comps.append(stats.compare(f"c{j}", "m", "b", "b", dict(enumerate(
-                base + rng.normal(0, 0.05, 5))), dict(enumerate(base))))
+            comps.append(
+                stats.compare(
+                    f"c{j}",
+                    "m",
+                    "b",
+                    "b",
+                    dict(enumerate(base + rng.normal(0, 0.05, 5))),
+                    dict(enumerate(base)),
+                )
+            )
         stats.decide(comps)
         false_better += any(c.verdict == "better" for c in comps)
     assert false_better / 300 <= stats.ALPHA + 0.02
     base = np.linspace(2.0, 2.4, 6)
     noise = np.array([0.04, -0.05, 0.01, 0.03, -0.02, -0.01])
-    c = stats.decide([stats.compare("x", "m", "b", "b", dict(enumerate(base + noise)),
-                                    dict(enumerate(base)))])[0]
+    c = stats.decide(
+        [stats.compare("x", "m", "b", "b", dict(enumerate(base + noise)), dict(enumerate(base)))]
+    )[0]
     assert c.verdict == "inconclusive"
 
 
 def test_equivalent_within_the_margin_and_better_when_clearly_lower() -> None:
     base = np.linspace(2.0, 2.4, 8)
     tiny = np.array([1, -1, 2, -2, 1, -1, 0.5, -0.5]) * 1e-4  # ≪ 1 % of 2.2
-    eq = stats.decide([stats.compare("x", "m", "b", "b", dict(enumerate(base + tiny)),
-                                     dict(enumerate(base)))])[0]
+    eq = stats.decide(
+        [stats.compare("x", "m", "b", "b", dict(enumerate(base + tiny)), dict(enumerate(base)))]
+    )[0]
     assert eq.verdict == "equivalent" and eq.margin == pytest.approx(0.01 * base.mean())
-    better = stats.decide([stats.compare("x", "m", "b", "b", dict(enumerate(base - 0.2 + tiny)),
-                                         dict(enumerate(base)))])[0]
+    better = stats.decide(
+        [
+            stats.compare(
+                "x", "m", "b", "b", dict(enumerate(base - 0.2 + tiny)), dict(enumerate(base))
+            )
+        ]
+    )[0]
     assert better.verdict == "better" and better.delta.hi < 0
 
 
 def test_zero_variance_difference_is_not_evidence() -> None:
-    c = stats.decide([stats.compare("steps", "m", "b", "b", {0: 100, 1: 150, 2: 200},
-                                    {0: 150, 1: 200, 2: 250}, resolution=50)])[0]
+    c = stats.decide(
+        [
+            stats.compare(
+                "steps",
+                "m",
+                "b",
+                "b",
+                {0: 100, 1: 150, 2: 200},
+                {0: 150, 1: 200, 2: 250},
+                resolution=50,
+            )
+        ]
+    )[0]
     assert c.zero_variance and c.verdict == "inconclusive"
     assert "zero variance" in c.delta_text()
 
@@ -73,28 +111,53 @@ def test_censored_outcomes_use_the_sign_test_and_print_as_censored() -> None:
     assert c.delta is None and c.censored == (0, 6) and c.wins == (6, 0)
     assert c.verdict == "better" and c.p_better == pytest.approx(0.5**6)
     assert "censored" in c.delta_text()
-    few = stats.decide([stats.compare("s", "m", "b", "b", {0: 1.0, 1: 2.0}, {0: math.inf,
-                                                                           1: math.inf})])[0]
+    few = stats.decide(
+        [stats.compare("s", "m", "b", "b", {0: 1.0, 1: 2.0}, {0: math.inf, 1: math.inf})]
+    )[0]
     assert few.verdict == "inconclusive"  # 2 pairs cannot reach 0.05
 
 
 def _net(kind: str, spec: str, seed: int, test: float, lr: float = 1e-3) -> dict:
-    metrics = {"final_val_metric": test, "test_metric": test, "diverged": False,
-               "steps_to_target": [100, 200, None]}
+    metrics = {
+        "final_val_metric": test,
+        "test_metric": test,
+        "diverged": False,
+        "steps_to_target": [100, 200, None],
+    }
     return records.make_record(
-        kind, suite="tiny", provenance=PROV, config=[spec, seed, lr], key_parts=(spec, seed),
-        task="t", data_id="d", task_config={}, spec=spec, lr=lr, warmup=5, seed=seed,
-        steps=300, eval_every=50, metric="val_loss", higher_better=False, targets=[3, 2, 1],
-        n_params=10, metrics=metrics, time_s=1.0, step_time_s=0.01,
-        curves={"val_metric": [test], "val_loss": [test]})
+        kind,
+        suite="tiny",
+        provenance=PROV,
+        config=[spec, seed, lr],
+        key_parts=(spec, seed),
+        task="t",
+        data_id="d",
+        task_config={},
+        spec=spec,
+        lr=lr,
+        warmup=5,
+        seed=seed,
+        steps=300,
+        eval_every=50,
+        metric="val_loss",
+        higher_better=False,
+        targets=[3, 2, 1],
+        n_params=10,
+        metrics=metrics,
+        time_s=1.0,
+        step_time_s=0.01,
+        curves={"val_metric": [test], "val_loss": [test]},
+    )
 
 
 def _tiny_suite(method_offsets: np.ndarray) -> list[dict]:
     base = np.linspace(2.0, 2.4, len(method_offsets))
     recs = [_net("tune", s, k, 2.2) for s in (F, BASE) for k in (0, 1)]
     recs += [_net("eval", BASE, 1000 + i, float(b)) for i, b in enumerate(base)]
-    recs += [_net("eval", F, 1000 + i, float(b + d))
-             for i, (b, d) in enumerate(zip(base, method_offsets, strict=True))]
+    recs += [
+        _net("eval", F, 1000 + i, float(b + d))
+        for i, (b, d) in enumerate(zip(base, method_offsets, strict=True))
+    ]
     return recs
 
 

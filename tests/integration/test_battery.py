@@ -83,7 +83,8 @@ def test_unknown_extra_args_accepted_under_jit(name, make, kwargs):
     state = tx.init(PARAMS)
     plain, _ = jax.jit(tx.update)(_grads(PARAMS), state, PARAMS)
     extra, _ = jax.jit(lambda g, s, p: tx.update(g, s, p, some_unknown_arg=jnp.ones(2)))(
-        _grads(PARAMS), state, PARAMS)
+        _grads(PARAMS), state, PARAMS
+    )
     jax.tree.map(np.testing.assert_array_equal, plain, extra)
 
 
@@ -129,8 +130,9 @@ def test_state_stable_under_lax_cond(name, make, kwargs):
 
     @jax.jit
     def step(state, flag):
-        return jax.lax.cond(flag, lambda s: tx.update(_grads(PARAMS), s, PARAMS)[1],
-                            lambda s: s, state)
+        return jax.lax.cond(
+            flag, lambda s: tx.update(_grads(PARAMS), s, PARAMS)[1], lambda s: s, state
+        )
 
     new = step(state, True)
     assert jax.tree.structure(new) == jax.tree.structure(state)

@@ -134,8 +134,10 @@ def test_nnx_resume_is_bitwise_equal_to_uninterrupted_run(name, tmp_path: Path):
 def _params():
     rng = np.random.default_rng(0)
     return {
-        "dense": {"kernel": jnp.asarray(rng.standard_normal((4, 8)), jnp.float32),
-                  "bias": jnp.zeros(8, jnp.float32)},
+        "dense": {
+            "kernel": jnp.asarray(rng.standard_normal((4, 8)), jnp.float32),
+            "bias": jnp.zeros(8, jnp.float32),
+        },
         "head": {"kernel": jnp.asarray(rng.standard_normal((8, 2)), jnp.float32)},
     }
 
@@ -144,6 +146,7 @@ def _pure_train(tx, params, state, steps):
     @jax.jit
     def step(params, state, i):
         x = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(1), i), (16, 4))
+
         def loss_fn(p):
             hidden = jnp.tanh(x @ p["dense"]["kernel"] + p["dense"]["bias"])
             return jnp.mean((hidden @ p["head"]["kernel"] - 1.0) ** 2)
@@ -175,12 +178,20 @@ def test_pure_pytree_format_and_checkpoint_manager_resume(tmp_path: Path):
         # The on-disk names are the state's field names: the checkpoint format.
         tree = mngr.item_metadata(3).tree
         assert _metadata_paths(tree["opt_state"]) == {
-            "0/count", "0/filter_state/mean_gain", "0/filter_state/spike_fraction",
-            "0/mu/dense/bias", "0/mu/dense/kernel", "0/mu/head/kernel",
-            "0/nu/dense/bias", "0/nu/dense/kernel", "0/nu/head/kernel",
+            "0/count",
+            "0/filter_state/mean_gain",
+            "0/filter_state/spike_fraction",
+            "0/mu/dense/bias",
+            "0/mu/dense/kernel",
+            "0/mu/head/kernel",
+            "0/nu/dense/bias",
+            "0/nu/dense/kernel",
+            "0/nu/head/kernel",
         }
-        target = {"params": jax.eval_shape(lambda: params),
-                  "opt_state": jax.eval_shape(tx.init, params)}
+        target = {
+            "params": jax.eval_shape(lambda: params),
+            "opt_state": jax.eval_shape(tx.init, params),
+        }
         restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(target))
 
     state = restored["opt_state"]
@@ -205,8 +216,7 @@ def _save_filtered_adam(path: Path):
 
 
 def _wider(params):
-    return jax.tree.map(lambda x: jnp.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype),
-                        params)
+    return jax.tree.map(lambda x: jnp.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype), params)
 
 
 @pytest.mark.parametrize(
@@ -228,8 +238,10 @@ def _wider(params):
 def test_restore_into_other_optimizer_structure_raises(tmp_path, make, params_fn, match):
     checkpointer, params = _save_filtered_adam(tmp_path / "ckpt")
     params = params if params_fn is None else params_fn(params)
-    target = {"params": jax.eval_shape(lambda: params),
-              "opt_state": jax.eval_shape(make().init, params)}
+    target = {
+        "params": jax.eval_shape(lambda: params),
+        "opt_state": jax.eval_shape(make().init, params),
+    }
     with pytest.raises(ValueError, match=match):
         checkpointer.restore(tmp_path / "ckpt", target)
 
@@ -244,8 +256,12 @@ def _described_paths(tree) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 
 def save_checked(mngr, step: int, state: Any, optimizer: dict[str, Any]) -> None:
     """Saves ``state`` plus a JSON description of the optimizer that produced it."""
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            optimizer=ocp.args.JsonSave(optimizer)))
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), optimizer=ocp.args.JsonSave(optimizer)
+        ),
+    )
     mngr.wait_until_finished()
 
 
@@ -271,12 +287,14 @@ def restore_checked(mngr, step: int, target: Any, optimizer: dict[str, Any]) -> 
     problems += [
         f"{k}: checkpoint has shape {on_disk[k][0]} {on_disk[k][1]}, target wants "
         f"{wanted[k][0]} {wanted[k][1]}"
-        for k in sorted(wanted.keys() & on_disk.keys()) if on_disk[k] != wanted[k]
+        for k in sorted(wanted.keys() & on_disk.keys())
+        if on_disk[k] != wanted[k]
     ]
     if problems:
         raise ValueError("checkpoint does not match the target state:\n  " + "\n  ".join(problems))
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))[
-        "state"]
+        "state"
+    ]
 
 
 def test_restore_checked_catches_what_the_structure_cannot(tmp_path: Path):
@@ -293,8 +311,7 @@ def test_restore_checked_catches_what_the_structure_cannot(tmp_path: Path):
         belief_target = jax.eval_shape(fo.adabelief(1e-3).init, params)
         assert _described_paths(belief_target) == _described_paths(state)
         with pytest.raises(ValueError, match="written by optimizer"):
-            restore_checked(mngr, 1, belief_target, {"name": "adabelief", "b1": 0.9,
-                                                     "b2": 0.999})
+            restore_checked(mngr, 1, belief_target, {"name": "adabelief", "b1": 0.9, "b2": 0.999})
 
         # A bfloat16 first moment: orbax alone would cast; the helper refuses.
         bf16_target = jax.eval_shape(fo.adam(1e-3, mu_dtype=jnp.bfloat16).init, params)

@@ -31,9 +31,7 @@ class TinyTransformer(nnx.Module):
     def __init__(self, vocab: int = 17, d: int = 16, heads: int = 2, *, rngs: nnx.Rngs):
         self.embed = nnx.Embed(vocab, d, rngs=rngs)
         self.ln1 = nnx.LayerNorm(d, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(
-            num_heads=heads, in_features=d, decode=False, rngs=rngs
-        )
+        self.attn = nnx.MultiHeadAttention(num_heads=heads, in_features=d, decode=False, rngs=rngs)
         self.ln2 = nnx.LayerNorm(d, rngs=rngs)
         self.fc1 = nnx.Linear(d, 2 * d, rngs=rngs)
         self.fc2 = nnx.Linear(2 * d, d, rngs=rngs)
@@ -112,12 +110,14 @@ def test_nnx_optimizer_equals_functional_optax_loop(name, make):
     steps = 40
     model = MLP(8, 16, 3, rngs=nnx.Rngs(0))
     losses, _ = _nnx_losses(model, make(), x, y, steps)
-    ref_losses, ref_params = _functional_losses(MLP(8, 16, 3, rngs=nnx.Rngs(0)), make(), x, y,
-                                                steps)
+    ref_losses, ref_params = _functional_losses(
+        MLP(8, 16, 3, rngs=nnx.Rngs(0)), make(), x, y, steps
+    )
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
     got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 got, ref_params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, ref_params
+    )
     assert losses[-1] < 0.5 * losses[0], (name, losses[0], losses[-1])
 
 
@@ -164,8 +164,11 @@ def test_nnx_muon_routes_from_nnx_paths_and_trains():
         if isinstance(s, WithMomentsState)
     ]
     assert len(muon_states) == 1
-    mu = nnx.to_pure_dict(nnx.State(muon_states[0].mu)) if isinstance(
-        muon_states[0].mu, nnx.State) else muon_states[0].mu
+    mu = (
+        nnx.to_pure_dict(nnx.State(muon_states[0].mu))
+        if isinstance(muon_states[0].mu, nnx.State)
+        else muon_states[0].mu
+    )
     assert np.asarray(mu["fc1"]["kernel"]).shape == (16, 32)
     assert isinstance(mu["head"]["kernel"], optax.MaskedNode)
 
@@ -220,8 +223,9 @@ def test_extra_args_reach_a_stage_inside_with_moments():
     model = MLP(8, 16, 3, rngs=nnx.Rngs(0))
     b1 = 0.9
     tx = optax.chain(
-        fo.with_moments(filter=scaling_filter(), moments=fo.ema(b1, 0.999),
-                        scale=fo.normalize(1e-8)),
+        fo.with_moments(
+            filter=scaling_filter(), moments=fo.ema(b1, 0.999), scale=fo.normalize(1e-8)
+        ),
         optax.scale_by_learning_rate(1e-3),
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -241,9 +245,12 @@ def test_extra_args_reach_a_stage_inside_with_moments():
     # The first moment saw the scaled gradient: mu_1 = (1 - b1) * 3 * g.
     g = nnx.to_pure_dict(nnx.state(grads, nnx.Param))
     mu = nnx.to_pure_dict(nnx.State(inner.mu)) if isinstance(inner.mu, nnx.State) else inner.mu
-    np.testing.assert_allclose(np.asarray(mu["hidden"]["kernel"]),
-                               (1 - b1) * 3.0 * np.asarray(g["hidden"]["kernel"]),
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(mu["hidden"]["kernel"]),
+        (1 - b1) * 3.0 * np.asarray(g["hidden"]["kernel"]),
+        rtol=1e-6,
+        atol=1e-9,
+    )
     # A second call with another value: no retrace needed, value recorded.
     train_step(model, optimizer, jnp.float32(0.5))
     inner = optimizer.opt_state[0]
@@ -252,7 +259,8 @@ def test_extra_args_reach_a_stage_inside_with_moments():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: fo.filtered_adam(1e-3, stats=True), lambda: muon(1e-3)],
+    "make",
+    [lambda: fo.filtered_adam(1e-3, stats=True), lambda: muon(1e-3)],
     ids=["filtered_adam", "muon"],
 )
 def test_extra_args_reach_a_chained_stage(make):

@@ -33,9 +33,7 @@ PARAMS = {"bias": jnp.linspace(-1.0, 1.0, 5), "kernel": jnp.linspace(-1.0, 1.0, 
 
 
 def _finite(tree) -> bool:
-    return all(
-        bool(np.all(np.isfinite(np.asarray(x, np.float64)))) for x in jax.tree.leaves(tree)
-    )
+    return all(bool(np.all(np.isfinite(np.asarray(x, np.float64)))) for x in jax.tree.leaves(tree))
 
 
 def _has_count(x) -> bool:
@@ -67,16 +65,24 @@ def test_count_saturates_near_int32_max(name, make, kwargs):
         u_far, far = update(grads, far, PARAMS)
         assert _finite(u_near) and _finite(near)
         # Bias corrections are 1 in float32 at both counts: the same update.
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
-                     u_near, u_far)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), u_near, u_far
+        )
     assert set(_counts(near)) == {INT32_MAX}  # saturated, not wrapped to negative
 
 
 def test_filter_math_at_saturated_count():
     """The filter's own use of the count (bias correction, rho_c, warmup gate) is safe."""
-    r = fo.kalman_filter_math(jnp.array([0.5, 50.0]), jnp.array([0.1, 0.1]),
-                              jnp.array([0.02, 0.02]), jnp.int32(INT32_MAX),
-                              b1=0.9, b2=0.999, eta=0.5, gamma=10.0)
+    r = fo.kalman_filter_math(
+        jnp.array([0.5, 50.0]),
+        jnp.array([0.1, 0.1]),
+        jnp.array([0.02, 0.02]),
+        jnp.int32(INT32_MAX),
+        b1=0.9,
+        b2=0.999,
+        eta=0.5,
+        gamma=10.0,
+    )
     assert _finite(r.filtered)
     np.testing.assert_array_equal(r.is_spike, [False, True])
 
@@ -115,7 +121,8 @@ def test_20k_steps_on_ill_conditioned_quadratic(name, make):
         return (x, state), (_quadratic(x), jnp.all(jnp.isfinite(x)))
 
     (x, state), (loss, finite) = jax.jit(
-        lambda x: jax.lax.scan(body, (x, tx.init(x)), None, length=steps))(x0)
+        lambda x: jax.lax.scan(body, (x, tx.init(x)), None, length=steps)
+    )(x0)
     assert bool(jnp.all(finite)) and _finite(state)
     assert set(_counts(state)) == {steps}  # moments and schedule counted every step
     assert float(loss[-1]) < 1e-5 * float(_quadratic(x0)), float(loss[-1])
@@ -143,8 +150,7 @@ def _spike_run(tx, params, spike, at=30, steps=40):
 def test_bf16_mu_dtype_never_overflows():
     """bfloat16 mu has float32's range: even a 1e30 gradient leaves it finite."""
     params = {"w": jnp.zeros(4)}
-    for tx in (fo.filtered_adam(1e-3, mu_dtype=jnp.bfloat16),
-               fo.adam(1e-3, mu_dtype=jnp.bfloat16)):
+    for tx in (fo.filtered_adam(1e-3, mu_dtype=jnp.bfloat16), fo.adam(1e-3, mu_dtype=jnp.bfloat16)):
         history, state = _spike_run(tx, params, 1e30)
         mu = optax.tree.get(state, "mu")["w"]
         assert mu.dtype == jnp.bfloat16 and _finite(mu) and _finite(history)
@@ -173,8 +179,9 @@ def test_f16_params_need_an_eps_float16_can_represent(make):
     safe = step(make(1e-3, eps=1e-4))
     assert safe.dtype == jnp.float16 and _finite(safe) and float(safe[0]) == 0.0
     # Inherited from Adam: ours is bitwise optax's.
-    np.testing.assert_array_equal(step(fo.filtered_adam(1e-3, eps=1e-4)),
-                                  step(optax.adam(1e-3, eps=1e-4)))
+    np.testing.assert_array_equal(
+        step(fo.filtered_adam(1e-3, eps=1e-4)), step(optax.adam(1e-3, eps=1e-4))
+    )
 
 
 def test_f16_nu_overflow_sustained_vs_one_spike():
@@ -205,7 +212,8 @@ def test_f16_long_run_within_the_documented_envelope():
         x = optax.apply_updates(x, updates)
         return (x, state), jnp.all(jnp.isfinite(x))
 
-    (x, state), finite = jax.jit(
-        lambda x: jax.lax.scan(body, (x, tx.init(x)), None, length=3000))(x0)
+    (x, state), finite = jax.jit(lambda x: jax.lax.scan(body, (x, tx.init(x)), None, length=3000))(
+        x0
+    )
     assert x.dtype == jnp.float16 and bool(jnp.all(finite)) and _finite(state)
     assert float(jnp.max(jnp.abs(x))) < 0.2

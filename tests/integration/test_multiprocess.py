@@ -40,12 +40,31 @@ def launch(out: Path, *args: str, processes: int = 1, optimizers=OPTIMIZERS):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # the worker sets its own device count
     port = str(free_port()) if processes > 1 else "0"
-    common = ["--num-processes", str(processes), "--port", port, "--steps", str(STEPS),
-              "--save-at", str(SAVE_AT), "--optimizers", ",".join(optimizers),
-              "--out", str(out), *args]
-    return [subprocess.Popen([sys.executable, str(WORKER), "--process-id", str(i), *common],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env) for i in range(processes)]
+    common = [
+        "--num-processes",
+        str(processes),
+        "--port",
+        port,
+        "--steps",
+        str(STEPS),
+        "--save-at",
+        str(SAVE_AT),
+        "--optimizers",
+        ",".join(optimizers),
+        "--out",
+        str(out),
+        *args,
+    ]
+    return [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), "--process-id", str(i), *common],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for i in range(processes)
+    ]
 
 
 def wait_all(procs) -> list[str]:
@@ -74,8 +93,14 @@ def runs(tmp_path_factory) -> Path:
     ckpt = str(root / "ckpt")
     # Phase 1: the two-process run (writes the checkpoint) and the wrong-half control.
     two = launch(root / "two", "--ckpt", ckpt, processes=2)
-    wrong = launch(root / "wrong", "--ckpt", str(root / "ckpt_wrong"), "--wrong-half",
-                   processes=2, optimizers=("filtered_adam",))
+    wrong = launch(
+        root / "wrong",
+        "--ckpt",
+        str(root / "ckpt_wrong"),
+        "--wrong-half",
+        processes=2,
+        optimizers=("filtered_adam",),
+    )
     wait_all(two + wrong)
     # Phase 2: one process with 4 devices: uninterrupted, then resumed from the checkpoint.
     wait_all(launch(root / "one", "--ckpt", ckpt, "--resume"))

@@ -122,8 +122,11 @@ WRONG = {
     # Not (yet) an argument here: the distributed Newton-Schulz keyword, wrong-typed.
     "ns_split_axes": 3.5,
 }
-FACTORIES = {"muon": fo.muon, "scale_by_muon": fo.scale_by_muon,
-             "orthogonal_update": fo.orthogonal_update}
+FACTORIES = {
+    "muon": fo.muon,
+    "scale_by_muon": fo.scale_by_muon,
+    "orthogonal_update": fo.orthogonal_update,
+}
 CASES = [(f, a) for f, make in FACTORIES.items() for a in inspect.signature(make).parameters]
 
 
@@ -139,15 +142,18 @@ def test_wrong_typed_argument_is_a_type_error_naming_it(factory, arg):
         FACTORIES[factory](**kwargs)
 
 
-@pytest.mark.parametrize("kwargs,arg", [
-    (dict(learning_rate="1e-3"), "learning_rate"),
-    (dict(learning_rate=1e-3, beta="0.9"), "beta"),
-    (dict(learning_rate=1e-3, stacked=3), "stacked"),
-    (dict(learning_rate=1e-3, per_head="yes"), "per_head"),
-    (dict(learning_rate=1e-3, coefficients=5), "coefficients"),
-    (dict(learning_rate=1e-3, adam_b1="0.9"), "adam_b1"),
-    (dict(learning_rate=1e-3, weight_decay=[0.1]), "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs,arg",
+    [
+        (dict(learning_rate="1e-3"), "learning_rate"),
+        (dict(learning_rate=1e-3, beta="0.9"), "beta"),
+        (dict(learning_rate=1e-3, stacked=3), "stacked"),
+        (dict(learning_rate=1e-3, per_head="yes"), "per_head"),
+        (dict(learning_rate=1e-3, coefficients=5), "coefficients"),
+        (dict(learning_rate=1e-3, adam_b1="0.9"), "adam_b1"),
+        (dict(learning_rate=1e-3, weight_decay=[0.1]), "weight_decay"),
+    ],
+)
 def test_the_issues_examples_say_what_is_allowed(kwargs, arg):
     with pytest.raises(TypeError, match=arg) as info:
         fo.muon(**kwargs)
@@ -157,9 +163,17 @@ def test_the_issues_examples_say_what_is_allowed(kwargs, arg):
 def test_scalars_arrays_tracers_and_schedules_stay_accepted():
     sched = optax.linear_schedule(1e-2, 0.0, 10)
     fo.muon(sched, adam_learning_rate=sched)
-    fo.muon(np.float32(1e-3), beta=jnp.asarray(0.9), weight_decay=np.array(0.1),
-            filter_gamma=np.float64(5.0), filter_warmup=np.int64(2), ns_steps=np.int32(3),
-            stacked="layers", coefficients=[(3.4445, -4.775, 2.0315)], batch_same_shape=None)
+    fo.muon(
+        np.float32(1e-3),
+        beta=jnp.asarray(0.9),
+        weight_decay=np.array(0.1),
+        filter_gamma=np.float64(5.0),
+        filter_warmup=np.int64(2),
+        ns_steps=np.int32(3),
+        stacked="layers",
+        coefficients=[(3.4445, -4.775, 2.0315)],
+        batch_same_shape=None,
+    )
 
     @jax.jit
     def step(lr, beta, gamma):
@@ -176,9 +190,13 @@ def test_a_scale_that_is_neither_a_name_nor_a_number_is_a_type_error(scale):
 
 
 def test_values_of_the_right_type_keep_their_value_errors():
-    for kwargs, arg in [(dict(coefficients=(3.4, -4.7)), "coefficients"),
-                        (dict(scale=-1.0), "scale"), (dict(compute_dtype="int8"), "compute_dtype"),
-                        (dict(ns_steps=0), "ns_steps"), (dict(filter_gamma=0.0), "filter_gamma")]:
+    for kwargs, arg in [
+        (dict(coefficients=(3.4, -4.7)), "coefficients"),
+        (dict(scale=-1.0), "scale"),
+        (dict(compute_dtype="int8"), "compute_dtype"),
+        (dict(ns_steps=0), "ns_steps"),
+        (dict(filter_gamma=0.0), "filter_gamma"),
+    ]:
         with pytest.raises(ValueError, match=arg):
             fo.muon(1e-3, **kwargs)
 
@@ -248,18 +266,37 @@ def test_stats_with_the_filter_off_is_still_a_clear_error():
 MATRICES = {"w": jnp.zeros((16, 40)), "v": jnp.zeros((24, 12))}
 MIXED = {"w": jnp.zeros((16, 40)), "b": jnp.zeros((40,))}
 # fo.muon set up as optax.contrib.muon's defaults, the AdamW side without Nesterov.
-OURS_AS_OPTAX = dict(scale="keller", bias_correction=True, coefficients="keller", eps=1e-8,
-                     adam_eps=1e-8, adam_b2=0.999, weight_decay=0.0, adam_weight_decay=0.0,
-                     nesterov=False)
+OURS_AS_OPTAX = dict(
+    scale="keller",
+    bias_correction=True,
+    coefficients="keller",
+    eps=1e-8,
+    adam_eps=1e-8,
+    adam_b2=0.999,
+    weight_decay=0.0,
+    adam_weight_decay=0.0,
+    nesterov=False,
+)
 OPTAX_BASE = dict(nesterov=False)
 # A non-default value for each of optax's keywords.
 NON_DEFAULT = {
-    "ns_coeffs": "dion", "ns_steps": 3, "beta": 0.8, "eps": 1e-3, "weight_decay": 0.3,
-    "weight_decay_mask": {"w": False, "v": True}, "mu_dtype": jnp.bfloat16,
-    "nesterov": True, "adam_b1": 0.8, "adam_b2": 0.99, "adam_eps_root": 1e-4,
-    "adam_weight_decay": 0.3, "adam_learning_rate": 0.05,
-    "adaptive": True, "preconditioning": "spectral",
-    "muon_weight_dimension_numbers": {"w": None}, "consistent_rms": 0.2,
+    "ns_coeffs": "dion",
+    "ns_steps": 3,
+    "beta": 0.8,
+    "eps": 1e-3,
+    "weight_decay": 0.3,
+    "weight_decay_mask": {"w": False, "v": True},
+    "mu_dtype": jnp.bfloat16,
+    "nesterov": True,
+    "adam_b1": 0.8,
+    "adam_b2": 0.99,
+    "adam_eps_root": 1e-4,
+    "adam_weight_decay": 0.3,
+    "adam_learning_rate": 0.05,
+    "adaptive": True,
+    "preconditioning": "spectral",
+    "muon_weight_dimension_numbers": {"w": None},
+    "consistent_rms": 0.2,
 }
 NEEDS = {"weight_decay_mask": {"weight_decay": 0.3}}
 # optax acts on both sides with these, fo.muon on the Muon side only: compared on matrices.
@@ -287,19 +324,24 @@ def test_optax_keyword_is_accepted_with_optax_meaning_or_names_ours(keyword):
         error, equivalent = REJECTED[keyword]
         with pytest.raises(error, match=equivalent):
             fo.muon(1e-2, **{keyword: NON_DEFAULT[keyword]})
-        fo.muon(1e-2, **{keyword: inspect.signature(optax.contrib.muon).parameters[
-            keyword].default})  # optax's default is accepted: a no-op
+        fo.muon(
+            1e-2, **{keyword: inspect.signature(optax.contrib.muon).parameters[keyword].default}
+        )  # optax's default is accepted: a no-op
         return
     assert keyword in inspect.signature(fo.muon).parameters
     params = MATRICES if keyword in MUON_SIDE_ONLY else MIXED
     extra = {**NEEDS.get(keyword, {}), keyword: NON_DEFAULT[keyword]}
-    ours_base = {k: v for k, v in OURS_AS_OPTAX.items() if not (
-        keyword == "ns_coeffs" and k == "coefficients")}
+    ours_base = {
+        k: v
+        for k, v in OURS_AS_OPTAX.items()
+        if not (keyword == "ns_coeffs" and k == "coefficients")
+    }
     grads = _grads(params, 4, seed=3)
     p_ours, s_ours = _run(fo.muon(1e-2, **{**ours_base, **extra}), params, grads)
     p_optax, s_optax = _run(optax.contrib.muon(1e-2, **{**OPTAX_BASE, **extra}), params, grads)
-    p_default, _ = _run(optax.contrib.muon(1e-2, **{**OPTAX_BASE, **NEEDS.get(keyword, {})}),
-                        params, grads)
+    p_default, _ = _run(
+        optax.contrib.muon(1e-2, **{**OPTAX_BASE, **NEEDS.get(keyword, {})}), params, grads
+    )
     # float32 round-off (bfloat16 storage of the momentum for mu_dtype).
     tol = 2e-2 if keyword == "mu_dtype" else 1e-5
     for k in params:
@@ -334,13 +376,10 @@ def test_ns_coeffs_is_coefficients_and_not_both():
 
 @pytest.mark.parametrize("as_callable", [False, True])
 def test_weight_decay_mask_applies_on_both_sides(as_callable):
-    params = {"w": jnp.ones((8, 16)), "w2": jnp.ones((8, 16)), "b": jnp.ones(16),
-              "g": jnp.ones(16)}
+    params = {"w": jnp.ones((8, 16)), "w2": jnp.ones((8, 16)), "b": jnp.ones(16), "g": jnp.ones(16)}
     mask = {"w": True, "w2": False, "b": True, "g": False}
-    tx = fo.muon(0.1, weight_decay=0.5,
-                 weight_decay_mask=(lambda p: mask) if as_callable else mask)
+    tx = fo.muon(0.1, weight_decay=0.5, weight_decay_mask=(lambda p: mask) if as_callable else mask)
     zero = jax.tree.map(jnp.zeros_like, params)  # no gradient: only the decay moves them
     p, _ = _run(tx, params, [zero])
     for k, decayed in mask.items():
-        np.testing.assert_allclose(p[k], 1.0 - 0.1 * 0.5 if decayed else 1.0, rtol=1e-6,
-                                   err_msg=k)
+        np.testing.assert_allclose(p[k], 1.0 - 0.1 * 0.5 if decayed else 1.0, rtol=1e-6, err_msg=k)

@@ -94,9 +94,10 @@ def _numeric_args(factory) -> list[str]:
     """The arguments of ``factory`` whose default is a number (or the learning rate)."""
     params = inspect.signature(factory).parameters
     return [
-        n for n, p in params.items()
-        if n == "learning_rate" or (isinstance(p.default, (int, float))
-                                    and not isinstance(p.default, bool))
+        n
+        for n, p in params.items()
+        if n == "learning_rate"
+        or (isinstance(p.default, (int, float)) and not isinstance(p.default, bool))
     ]
 
 
@@ -141,10 +142,15 @@ def test_momentum_none_is_allowed_but_a_string_is_not(make):
 
 
 def test_the_issues_examples():
-    for kwargs in [dict(learning_rate="1e-3"), dict(learning_rate=1e-3, b1="0.9"),
-                   dict(learning_rate=1e-3, eta="0.5"), dict(learning_rate=1e-3, warmup="20"),
-                   dict(learning_rate=[1e-3]), dict(learning_rate=jnp.full((2,), 1e-3)),
-                   dict(learning_rate=1e-3, gamma=None)]:
+    for kwargs in [
+        dict(learning_rate="1e-3"),
+        dict(learning_rate=1e-3, b1="0.9"),
+        dict(learning_rate=1e-3, eta="0.5"),
+        dict(learning_rate=1e-3, warmup="20"),
+        dict(learning_rate=[1e-3]),
+        dict(learning_rate=jnp.full((2,), 1e-3)),
+        dict(learning_rate=1e-3, gamma=None),
+    ]:
         (arg,) = [k for k, v in kwargs.items() if not isinstance(v, float)]
         with pytest.raises(TypeError, match=arg):
             fo.filtered_adam(**kwargs)
@@ -172,8 +178,12 @@ def test_scalars_arrays_and_tracers_stay_accepted():
 
 @pytest.mark.parametrize("arg", ["nesterov", "stats", "eps_in_sqrt", "centered"])
 def test_switches_must_be_bools(arg):
-    factory = {"nesterov": fo.adam, "stats": fo.filtered_adam, "eps_in_sqrt": fo.rmsprop,
-               "centered": fo.rmsprop}[arg]
+    factory = {
+        "nesterov": fo.adam,
+        "stats": fo.filtered_adam,
+        "eps_in_sqrt": fo.rmsprop,
+        "centered": fo.rmsprop,
+    }[arg]
     with pytest.raises(TypeError, match=arg):
         factory(1e-3, **{arg: "False"})
 
@@ -199,7 +209,8 @@ def test_a_stage_in_the_wrong_slot_names_the_slot_and_its_kind(kwargs, slot, kin
 
 def test_custom_stages_and_rules_are_still_accepted():
     custom_filter = optax.GradientTransformationExtraArgs(
-        lambda p: optax.EmptyState(), lambda u, s, p=None, **kw: (u, s))
+        lambda p: optax.EmptyState(), lambda u, s, p=None, **kw: (u, s)
+    )
     rule = fo.ema(0.8, 0.9)
     custom_rule = fo.MomentRule(rule.init, rule.update, rule.b1, rule.b2)
     tx = fo.with_moments(filter=custom_filter, moments=custom_rule)
@@ -214,11 +225,14 @@ def test_custom_stages_and_rules_are_still_accepted():
 GAMMA_OFF = "use gamma=float('inf') to turn the spike clip off (and eta=1.0 for no smoothing)"
 
 
-@pytest.mark.parametrize("make", [
-    lambda **kw: fo.filtered_adam(1e-3, **kw),
-    lambda **kw: fo.filtered_adamw(1e-3, **kw),
-    fo.kalman_filter,
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: fo.filtered_adam(1e-3, **kw),
+        lambda **kw: fo.filtered_adamw(1e-3, **kw),
+        fo.kalman_filter,
+    ],
+)
 def test_gamma_none_says_how_to_turn_the_filter_off(make):
     with pytest.raises(TypeError, match="gamma") as info:
         make(gamma=None)
@@ -231,8 +245,9 @@ def test_gamma_none_in_the_other_clips_says_so_too(make):
         make(gamma=None)
 
 
-@pytest.mark.parametrize("make,ref", [(fo.filtered_adam, optax.adam),
-                                      (fo.filtered_adamw, optax.adamw)])
+@pytest.mark.parametrize(
+    "make,ref", [(fo.filtered_adam, optax.adam), (fo.filtered_adamw, optax.adamw)]
+)
 def test_gamma_inf_eta_one_is_the_unfiltered_optimizer(make, ref):
     params = {"w": jnp.linspace(-1.0, 1.0, 6)}
     txs = [make(1e-2, gamma=math.inf, eta=1.0, warmup=0), ref(1e-2)]
@@ -261,18 +276,37 @@ OPTAX_TWINS = {
 REJECTED: dict[tuple[str, str], str] = {}
 # A non-default value for every optax keyword, and what else it needs to matter.
 NON_DEFAULT = {
-    "b1": 0.8, "b2": 0.99, "eps": 1e-3, "eps_root": 1e-4, "mu_dtype": jnp.bfloat16,
-    "nesterov": True, "weight_decay": 0.3, "mask": lambda p: {"w": True, "b": False},
-    "momentum": 0.5, "accumulator_dtype": jnp.bfloat16, "decay": 0.8, "initial_scale": 0.1,
-    "eps_in_sqrt": False, "centered": True, "bias_correction": True,
+    "b1": 0.8,
+    "b2": 0.99,
+    "eps": 1e-3,
+    "eps_root": 1e-4,
+    "mu_dtype": jnp.bfloat16,
+    "nesterov": True,
+    "weight_decay": 0.3,
+    "mask": lambda p: {"w": True, "b": False},
+    "momentum": 0.5,
+    "accumulator_dtype": jnp.bfloat16,
+    "decay": 0.8,
+    "initial_scale": 0.1,
+    "eps_in_sqrt": False,
+    "centered": True,
+    "bias_correction": True,
 }
-NEEDS = {("sgd", "nesterov"): {"momentum": 0.5}, ("rmsprop", "nesterov"): {"momentum": 0.5},
-         ("sgd", "accumulator_dtype"): {"momentum": 0.5}, ("rmsprop", "eps_in_sqrt"): {"eps": 0.1}}
+NEEDS = {
+    ("sgd", "nesterov"): {"momentum": 0.5},
+    ("rmsprop", "nesterov"): {"momentum": 0.5},
+    ("sgd", "accumulator_dtype"): {"momentum": 0.5},
+    ("rmsprop", "eps_in_sqrt"): {"eps": 0.1},
+}
 
 
 def _optax_keywords():
-    return [(name, kw) for name, (_, theirs) in OPTAX_TWINS.items()
-            for kw in inspect.signature(theirs).parameters if kw != "learning_rate"]
+    return [
+        (name, kw)
+        for name, (_, theirs) in OPTAX_TWINS.items()
+        for kw in inspect.signature(theirs).parameters
+        if kw != "learning_rate"
+    ]
 
 
 def test_every_optax_keyword_has_a_value_to_try():
@@ -298,8 +332,11 @@ def test_optax_keyword_is_accepted_with_optax_meaning(name, keyword):
     kwargs = {**needs, keyword: NON_DEFAULT[keyword]}
     params = {"w": jnp.linspace(0.5, 2.0, 4), "b": jnp.full((3,), -1.0)}
     runs = {}
-    for label, tx in [("ours", ours(1e-2, **kwargs)), ("optax", theirs(1e-2, **kwargs)),
-                      ("default", theirs(1e-2, **needs))]:
+    for label, tx in [
+        ("ours", ours(1e-2, **kwargs)),
+        ("optax", theirs(1e-2, **kwargs)),
+        ("default", theirs(1e-2, **needs)),
+    ]:
         p, s = params, tx.init(params)
         for t in range(4):
             u, s = tx.update(jax.tree.map(lambda x, t=t: x * (1.0 + t), p), s, p)
@@ -307,8 +344,10 @@ def test_optax_keyword_is_accepted_with_optax_meaning(name, keyword):
         runs[label] = p
     for a, b in zip(jax.tree.leaves(runs["ours"]), jax.tree.leaves(runs["optax"])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    differs = any(not np.allclose(a, b, rtol=1e-6, atol=0) for a, b in
-                  zip(jax.tree.leaves(runs["ours"]), jax.tree.leaves(runs["default"])))
+    differs = any(
+        not np.allclose(a, b, rtol=1e-6, atol=0)
+        for a, b in zip(jax.tree.leaves(runs["ours"]), jax.tree.leaves(runs["default"]))
+    )
     dtype_only = keyword in ("mu_dtype", "accumulator_dtype")
     assert differs or dtype_only
 

@@ -72,7 +72,9 @@ def test_notebook_runs_at_small_size(name, monkeypatch):
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     client = nbclient.NotebookClient(
-        nb, timeout=240, kernel_name="python3",
+        nb,
+        timeout=240,
+        kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOKS)}},
     )
     client.execute()  # raises CellExecutionError on any failing cell

@@ -65,8 +65,9 @@ def _our_cases() -> list[str]:
         if not name.startswith("test_"):
             continue
         opt_name = _case_params(getattr(alias_test.AliasTest, name)).get("opt_name")
-        if opt_name in _FIVE or (name.startswith("test_explicit_dtype") and opt_name in
-                                 _EXPLICIT_DTYPE_NAMES):
+        if opt_name in _FIVE or (
+            name.startswith("test_explicit_dtype") and opt_name in _EXPLICIT_DTYPE_NAMES
+        ):
             names.append(name)
     return names
 

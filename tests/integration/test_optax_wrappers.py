@@ -37,9 +37,11 @@ def _data(n: int = 64, seed: int = 0):
 
 def _params():
     rng = np.random.default_rng(1)
-    return {"w": jnp.zeros((6, 4), jnp.float32), "b": jnp.zeros((4,), jnp.float32),
-            "head": {"kernel": jnp.asarray(np.eye(4) + 0.1 * rng.standard_normal((4, 4)),
-                                           jnp.float32)}}
+    return {
+        "w": jnp.zeros((6, 4), jnp.float32),
+        "b": jnp.zeros((4,), jnp.float32),
+        "head": {"kernel": jnp.asarray(np.eye(4) + 0.1 * rng.standard_normal((4, 4)), jnp.float32)},
+    }
 
 
 def _loss(params, x, y):
@@ -73,8 +75,7 @@ def _close(a, b, rtol=1e-5, atol=1e-7):
 def test_inject_hyperparams_schedules_learning_rate_and_gamma():
     lr = optax.warmup_cosine_decay_schedule(0.0, 0.05, 5, STEPS, 1e-3)
     gamma = optax.linear_schedule(2.0, 20.0, STEPS)  # tight clipping early, loose later
-    tx = optax.inject_hyperparams(fo.filtered_adam)(learning_rate=lr, gamma=gamma,
-                                                    warmup=WARMUP)
+    tx = optax.inject_hyperparams(fo.filtered_adam)(learning_rate=lr, gamma=gamma, warmup=WARMUP)
     xs, ys = _data()
     params, state, _ = _train(tx, _params(), xs, ys)
     np.testing.assert_allclose(state.hyperparams["gamma"], gamma(STEPS - 1), rtol=1e-6)
@@ -88,8 +89,9 @@ def test_inject_hyperparams_schedules_learning_rate_and_gamma():
 
     ref_params, ref_state = _params(), fo.filtered_adam(1.0).init(_params())
     for t, (x, y) in enumerate(zip(xs, ys)):
-        updates, ref_state = oracle_update(_grad(ref_params, x, y), ref_state, ref_params,
-                                           lr(t), gamma(t))
+        updates, ref_state = oracle_update(
+            _grad(ref_params, x, y), ref_state, ref_params, lr(t), gamma(t)
+        )
         ref_params = optax.apply_updates(ref_params, updates)
     # (The schedules are evaluated in-graph there and eagerly here: float32 rounding, which
     # the filter's thresholds amplify a little; an off-by-one step would be ~10% off.)
@@ -97,8 +99,9 @@ def test_inject_hyperparams_schedules_learning_rate_and_gamma():
     _close(state.inner_state, ref_state, rtol=1e-4, atol=1e-5)
 
     # gamma actually matters here (the schedule is not a no-op): gamma = inf differs.
-    loose = optax.inject_hyperparams(fo.filtered_adam)(learning_rate=lr, gamma=jnp.inf,
-                                                       warmup=WARMUP)
+    loose = optax.inject_hyperparams(fo.filtered_adam)(
+        learning_rate=lr, gamma=jnp.inf, warmup=WARMUP
+    )
     other, _, _ = _train(loose, _params(), xs, ys)
     gap = np.abs(np.asarray(other["w"]) - np.asarray(params["w"])).max()
     print(f"gamma schedule vs gamma=inf: max |w| difference {gap:.3g}")
@@ -111,6 +114,7 @@ def test_inject_hyperparams_schedules_muon_learning_rate():
     xs, ys = _data()
     params, state, _ = _train(tx, _params(), xs, ys)
     np.testing.assert_allclose(state.hyperparams["learning_rate"], lr(STEPS - 1), rtol=1e-6)
+
     @jax.jit
     def oracle_update(g, state, params, lr_t):
         return muon(lr_t, weight_decay=0.01).update(g, state, params)
@@ -173,7 +177,8 @@ def test_multisteps_first_update_is_the_mean_gradient_update():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: fo.filtered_adam(0.05, warmup=WARMUP), lambda: muon(0.05)],
+    "make",
+    [lambda: fo.filtered_adam(0.05, warmup=WARMUP), lambda: muon(0.05)],
     ids=["filtered_adam", "muon"],
 )
 def test_apply_if_finite_skips_a_nan_step_exactly(make):
@@ -225,14 +230,16 @@ def test_masked_applies_the_optimizer_to_the_masked_leaves_only():
         np.testing.assert_array_equal(updates["b"], g["b"])
         # ... and the masked-in leaves are exactly the optimizer on that sub-tree.
         sub_g = {"w": g["w"], "head": g["head"]}
-        sub_u, sub_state = inner.update(sub_g, sub_state, {"w": params["w"],
-                                                            "head": params["head"]})
+        sub_u, sub_state = inner.update(
+            sub_g, sub_state, {"w": params["w"], "head": params["head"]}
+        )
         _close({"w": updates["w"], "head": updates["head"]}, sub_u, rtol=1e-6, atol=1e-9)
         params = optax.apply_updates(params, updates)
 
 
-@pytest.mark.parametrize("combinator", [optax.partition, optax.multi_transform],
-                         ids=["partition", "multi_transform"])
+@pytest.mark.parametrize(
+    "combinator", [optax.partition, optax.multi_transform], ids=["partition", "multi_transform"]
+)
 def test_partition_routes_groups_to_their_optimizers(combinator):
     xs, ys = _data()
     labels = {"w": "filtered", "b": "frozen", "head": {"kernel": "sgd"}}
@@ -261,7 +268,8 @@ def test_partition_routes_groups_to_their_optimizers(combinator):
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: fo.filtered_adam(0.05, warmup=WARMUP), lambda: muon(0.05)],
+    "make",
+    [lambda: fo.filtered_adam(0.05, warmup=WARMUP), lambda: muon(0.05)],
     ids=["filtered_adam", "muon"],
 )
 def test_clip_by_global_norm_in_front(make):

@@ -75,8 +75,7 @@ def _stream(tree_shapes, dtype, seed, steps, max_abs):
     rng = np.random.default_rng(seed)
     params = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in tree_shapes.items()}
     grads = [
-        {k: _gradient(rng, s, dtype, max_abs) for k, s in tree_shapes.items()}
-        for _ in range(steps)
+        {k: _gradient(rng, s, dtype, max_abs) for k, s in tree_shapes.items()} for _ in range(steps)
     ]
     return params, grads
 
@@ -86,9 +85,7 @@ def _signature(tree):
 
 
 def _finite(tree) -> bool:
-    return all(
-        bool(np.all(np.isfinite(np.asarray(x, np.float64)))) for x in jax.tree.leaves(tree)
-    )
+    return all(bool(np.all(np.isfinite(np.asarray(x, np.float64)))) for x in jax.tree.leaves(tree))
 
 
 def _check_run(tx, params, grads, tol):
@@ -116,14 +113,19 @@ def _check_run(tx, params, grads, tol):
     u_eager, s_eager = tx.update(grads[-1], state, params)
     assert _finite(u_jit) and _signature(s_jit) == start and _signature(s_eager) == start
     for a, b in zip(jax.tree.leaves((u_jit, s_jit)), jax.tree.leaves((u_eager, s_eager))):
-        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
-                                   rtol=tol, atol=tol * 1e-2)
+        np.testing.assert_allclose(
+            np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol * 1e-2
+        )
 
 
 @pytest.mark.parametrize("name,make,kwargs", OPTIMIZERS, ids=ids())
 @settings(max_examples=EXAMPLES_PER_OPTIMIZER, **SETTINGS)
-@given(tree=trees, dtype=st.sampled_from(sorted(DTYPES)), seed=st.integers(0, 2**31 - 1),
-       lr=st.sampled_from([1e-3, 1e-1]))
+@given(
+    tree=trees,
+    dtype=st.sampled_from(sorted(DTYPES)),
+    seed=st.integers(0, 2**31 - 1),
+    lr=st.sampled_from([1e-3, 1e-1]),
+)
 def test_random_trees_through_every_optimizer(name, make, kwargs, tree, dtype, seed, lr):
     extra = F16_KWARGS.get(name, {}) if dtype == "float16" else {}
     max_abs = 100.0 if dtype == "float16" else 1e3
@@ -145,10 +147,15 @@ def test_random_float64_trees(name, make, kwargs, tree, seed):
 
 
 @settings(max_examples=EXAMPLES_ADAM_EQUALITY, **SETTINGS)
-@given(tree=trees, dtype=st.sampled_from(["bfloat16", "float32"]),
-       seed=st.integers(0, 2**31 - 1), b1=st.sampled_from([0.0, 0.5, 0.9]),
-       b2=st.sampled_from([0.9, 0.999]), mu_dtype=st.sampled_from([None, "bfloat16"]),
-       steps=st.integers(1, 30))
+@given(
+    tree=trees,
+    dtype=st.sampled_from(["bfloat16", "float32"]),
+    seed=st.integers(0, 2**31 - 1),
+    b1=st.sampled_from([0.0, 0.5, 0.9]),
+    b2=st.sampled_from([0.9, 0.999]),
+    mu_dtype=st.sampled_from([None, "bfloat16"]),
+    steps=st.integers(1, 30),
+)
 def test_disabled_filter_is_optax_adam_bitwise(tree, dtype, seed, b1, b2, mu_dtype, steps):
     params, grads = _stream(tree, DTYPES[dtype], seed, steps=steps, max_abs=1e3)
     ours = fo.filtered_adam(1e-2, b1=b1, b2=b2, eta=1.0, gamma=math.inf, mu_dtype=mu_dtype)
@@ -166,7 +173,5 @@ def test_disabled_filter_is_optax_adam_bitwise(tree, dtype, seed, b1, b2, mu_dty
     (p1, s1), u1 = run(ours)
     (p2, s2), u2 = run(ref)
     jax.tree.map(np.testing.assert_array_equal, (p1, u1), (p2, u2))
-    jax.tree.map(np.testing.assert_array_equal, optax.tree.get(s1, "mu"),
-                 optax.tree.get(s2, "mu"))
-    jax.tree.map(np.testing.assert_array_equal, optax.tree.get(s1, "nu"),
-                 optax.tree.get(s2, "nu"))
+    jax.tree.map(np.testing.assert_array_equal, optax.tree.get(s1, "mu"), optax.tree.get(s2, "mu"))
+    jax.tree.map(np.testing.assert_array_equal, optax.tree.get(s1, "nu"), optax.tree.get(s2, "nu"))

@@ -155,8 +155,10 @@ def _assert_names_value(err: ValueError, arg: str, value) -> None:
 
 
 @pytest.mark.parametrize(
-    "factory,kwargs,arg", BAD_CORE, ids=[f"{f.__name__}-{a}-{i}" for i, (f, _, a) in
-                                         enumerate(BAD_CORE)])
+    "factory,kwargs,arg",
+    BAD_CORE,
+    ids=[f"{f.__name__}-{a}-{i}" for i, (f, _, a) in enumerate(BAD_CORE)],
+)
 def test_bad_core_hyperparameter_raises_value_error(factory, kwargs, arg):
     with pytest.raises(ValueError) as info:
         factory(**kwargs)
@@ -164,8 +166,9 @@ def test_bad_core_hyperparameter_raises_value_error(factory, kwargs, arg):
 
 
 @needs_muon
-@pytest.mark.parametrize("kwargs,arg", BAD_MUON, ids=[f"{a}-{i}" for i, (_, a) in
-                                                      enumerate(BAD_MUON)])
+@pytest.mark.parametrize(
+    "kwargs,arg", BAD_MUON, ids=[f"{a}-{i}" for i, (_, a) in enumerate(BAD_MUON)]
+)
 def test_bad_muon_hyperparameter_raises_value_error(kwargs, arg):
     with pytest.raises(ValueError) as info:
         MUON(**{"learning_rate": 1e-3, **kwargs})
@@ -175,8 +178,10 @@ def test_bad_muon_hyperparameter_raises_value_error(kwargs, arg):
 def test_concrete_values_validated_traced_values_never_break_tracing():
     # inject_hyperparams passes every numeric hyperparameter as an array: nothing breaks.
     for make, kw in [
-        (fo.filtered_adam, dict(b1=0.9, b2=0.99, eps=1e-8, eta=0.5, gamma=5.0, warmup=2,
-                                kappa=0.1)),
+        (
+            fo.filtered_adam,
+            dict(b1=0.9, b2=0.99, eps=1e-8, eta=0.5, gamma=5.0, warmup=2, kappa=0.1),
+        ),
         (fo.filtered_adamw, dict(b1=0.9, weight_decay=0.1, gamma=5.0, warmup=2)),
         (fo.adam, dict(b1=0.9, b2=0.99, eps=1e-8, eps_root=0.0)),
         (fo.rmsprop, dict(decay=0.9, eps=1e-8, initial_scale=0.0)),
@@ -186,6 +191,7 @@ def test_concrete_values_validated_traced_values_never_break_tracing():
         tx = optax.inject_hyperparams(make)(learning_rate=1e-2, **kw)
         updates, _ = _run(tx, _grad, 4)
         assert _all_finite(updates), make.__name__
+
     # Building inside jit with traced values works and gives the concrete-value result.
     @jax.jit
     def traced(gamma, eta, b1):
@@ -204,8 +210,16 @@ def test_concrete_values_validated_traced_values_never_break_tracing():
 @needs_muon
 def test_muon_inject_hyperparams_traces():
     tx = optax.inject_hyperparams(MUON)(
-        learning_rate=1e-2, beta=0.9, weight_decay=0.1, eps=1e-7, rms=0.2, adam_b1=0.9,
-        adam_b2=0.95, adam_eps=1e-8, filter_eta=1.0)
+        learning_rate=1e-2,
+        beta=0.9,
+        weight_decay=0.1,
+        eps=1e-7,
+        rms=0.2,
+        adam_b1=0.9,
+        adam_b2=0.95,
+        adam_eps=1e-8,
+        filter_eta=1.0,
+    )
     updates, _ = _run(tx, _grad, 3)
     assert _all_finite(updates)
 
@@ -215,8 +229,9 @@ def test_muon_inject_hyperparams_traces():
 
 
 def _poison_both(value):
-    return lambda t: _poison(_poison(_grad(t), value, "bias"), value, "kernel") if t == 30 \
-        else _grad(t)
+    return lambda t: (
+        _poison(_poison(_grad(t), value, "bias"), value, "kernel") if t == 30 else _grad(t)
+    )
 
 
 @by_name
@@ -235,8 +250,7 @@ def test_inf_gradient_after_warmup(name, make, kwargs):
             assert not _all_finite(u[leaf]), leaf
         if name not in MATRIX or leaf == "bias":
             # Element-wise optimizers: the other entries of the leaf are untouched.
-            np.testing.assert_array_equal(u[leaf].reshape(-1)[1:],
-                                          clean_u[leaf].reshape(-1)[1:])
+            np.testing.assert_array_equal(u[leaf].reshape(-1)[1:], clean_u[leaf].reshape(-1)[1:])
     if name != "sgd":  # plain SGD keeps no state
         assert _all_finite(state) == (safe == {"bias", "kernel"})
 
@@ -250,8 +264,9 @@ def test_filtered_adam_clips_inf_to_the_spike_bound(value):
     # Bias corrections with the float32 decays the library uses (see test_filters.py).
     m_hat = state.mu["w"] / (1 - jnp.float32(0.9) ** 30)
     s = jnp.sqrt(state.nu["w"] / (1 - jnp.float32(0.999) ** 30))
-    r = fo.kalman_filter_math(jnp.array([value, value]), state.mu["w"], state.nu["w"], 30,
-                              b1=0.9, b2=0.999)
+    r = fo.kalman_filter_math(
+        jnp.array([value, value]), state.mu["w"], state.nu["w"], 30, b1=0.9, b2=0.999
+    )
     expected = m_hat + jnp.sign(value) * 10.0 * s
     np.testing.assert_allclose(r.filtered, expected, rtol=1e-5)
     assert bool(jnp.all(r.is_spike))
@@ -266,8 +281,9 @@ def test_inf_passes_the_gate_where_the_filter_is_the_identity(case):
         at, base = 5, jnp.array([1.0, 1.0])
     else:  # coordinate 0 had exactly zero gradient so far: v_{t-1} == 0
         at, base = 30, jnp.array([0.0, 1.0])
-    u, state = _run(tx, lambda t: {"w": base.at[0].set(jnp.inf) if t == at else base},
-                    at + 1, params)
+    u, state = _run(
+        tx, lambda t: {"w": base.at[0].set(jnp.inf) if t == at else base}, at + 1, params
+    )
     nu = optax.tree.get(state, "nu")["w"]
     assert bool(jnp.isinf(nu[0])) and bool(jnp.isnan(u["w"][0]))
     assert bool(jnp.isfinite(u["w"][1]))
@@ -282,8 +298,7 @@ def test_nan_gradient_propagates(name, make, kwargs):
     for leaf in ("bias", "kernel"):
         assert bool(jnp.isnan(u[leaf].reshape(-1)[0])), leaf
         if name not in MATRIX or leaf == "bias":
-            np.testing.assert_array_equal(u[leaf].reshape(-1)[1:],
-                                          clean_u[leaf].reshape(-1)[1:])
+            np.testing.assert_array_equal(u[leaf].reshape(-1)[1:], clean_u[leaf].reshape(-1)[1:])
     if name != "sgd":  # plain SGD keeps no state
         assert not _all_finite(state)
 
@@ -491,20 +506,35 @@ def test_rare_coordinate_is_not_locked_at_zero():
 
 
 def test_kalman_filter_passes_zero_gradient_as_exact_zero():
-    r = fo.kalman_filter_math(jnp.zeros(3), jnp.array([0.5, -0.5, 2.0]), jnp.ones(3), 50,
-                              b1=0.9, b2=0.999, eta=0.0, gamma=1.0)
+    r = fo.kalman_filter_math(
+        jnp.zeros(3),
+        jnp.array([0.5, -0.5, 2.0]),
+        jnp.ones(3),
+        50,
+        b1=0.9,
+        b2=0.999,
+        eta=0.0,
+        gamma=1.0,
+    )
     np.testing.assert_array_equal(r.filtered, jnp.zeros(3))
     assert not bool(jnp.any(r.is_spike))
 
 
-@pytest.mark.parametrize("make", [fo.spam_filter, fo.zscore_filter, fo.soft_clip_filter],
-                         ids=["spam", "zscore", "soft_clip"])
+@pytest.mark.parametrize(
+    "make",
+    [fo.spam_filter, fo.zscore_filter, fo.soft_clip_filter],
+    ids=["spam", "zscore", "soft_clip"],
+)
 def test_alternative_filters_clip_inf(make):
     """Every clipping filter of the family turns an Inf after warmup into a finite value."""
     tx = fo.with_moments(filter=make())
     params = {"w": jnp.zeros(3)}
-    u, state = _run(tx, lambda t: {"w": jnp.array([1.0, -1.0, 0.5]).at[0].set(
-        jnp.inf if t == 30 else 1.0)}, 31, params)
+    u, state = _run(
+        tx,
+        lambda t: {"w": jnp.array([1.0, -1.0, 0.5]).at[0].set(jnp.inf if t == 30 else 1.0)},
+        31,
+        params,
+    )
     assert _all_finite(u) and _all_finite(state)
 
 
@@ -514,15 +544,18 @@ def test_alternative_filters_clip_inf(make):
 
 def _random_run(tx, seed: int, steps: int, jit: bool):
     key = jax.random.PRNGKey(seed)
-    params = {"bias": jax.random.normal(key, (5,)),
-              "kernel": jax.random.normal(jax.random.fold_in(key, 1), (6, 4))}
+    params = {
+        "bias": jax.random.normal(key, (5,)),
+        "kernel": jax.random.normal(jax.random.fold_in(key, 1), (6, 4)),
+    }
     update = jax.jit(tx.update) if jit else tx.update
     state = tx.init(params)
     for t in range(steps):
         k = jax.random.fold_in(key, 100 + t)
         size = 30.0 if t % 7 == 6 else 1.0  # with spikes
-        grads = jax.tree.map(lambda p, k=k, size=size: p + size * jax.random.normal(k, p.shape),
-                             params)
+        grads = jax.tree.map(
+            lambda p, k=k, size=size: p + size * jax.random.normal(k, p.shape), params
+        )
         updates, state = update(grads, state, params)
         params = optax.apply_updates(params, updates)
     return params, state
@@ -549,9 +582,9 @@ def test_jit_and_eager_agree(name, make, kwargs):
     make_tx = lambda: make(1e-2, **kwargs)  # noqa: E731
     one_eager = _random_run(make_tx(), 0, 1, jit=False)
     one_jit = _random_run(make_tx(), 0, 1, jit=True)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                 one_eager, one_jit)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), one_eager, one_jit
+    )
     eager = _random_run(make_tx(), 0, 6, jit=False)
     jitted = _random_run(make_tx(), 0, 6, jit=True)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
-                 eager, jitted)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), eager, jitted)

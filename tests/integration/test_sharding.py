@@ -30,7 +30,11 @@ def results() -> dict[str, dict]:
     env.setdefault("JAX_PLATFORMS", "cpu")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--steps", str(STEPS)],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -54,14 +58,31 @@ def test_sharded_loss_curve_equals_single_device(results, name):
     "name, expected",
     [
         # mu and nu for each of the 6 parameters.
-        ("filtered_adam", {f"0/{m}/{p}" for m in ("mu", "nu")
-                           for p in ("fc1/kernel", "fc1/bias", "fc2/kernel", "fc2/bias",
-                                     "head/kernel", "head/bias")}),
+        (
+            "filtered_adam",
+            {
+                f"0/{m}/{p}"
+                for m in ("mu", "nu")
+                for p in (
+                    "fc1/kernel",
+                    "fc1/bias",
+                    "fc2/kernel",
+                    "fc2/bias",
+                    "head/kernel",
+                    "head/bias",
+                )
+            },
+        ),
         # Muon momentum for the two hidden matrices; AdamW mu, nu for head and biases.
-        ("muon", {f"inner_states/muon/inner_state/0/mu/{p}" for p in ("fc1/kernel",
-                                                                       "fc2/kernel")}
-         | {f"inner_states/adam/inner_state/0/{m}/{p}" for m in ("mu", "nu")
-            for p in ("fc1/bias", "fc2/bias", "head/kernel", "head/bias")}),
+        (
+            "muon",
+            {f"inner_states/muon/inner_state/0/mu/{p}" for p in ("fc1/kernel", "fc2/kernel")}
+            | {
+                f"inner_states/adam/inner_state/0/{m}/{p}"
+                for m in ("mu", "nu")
+                for p in ("fc1/bias", "fc2/bias", "head/kernel", "head/bias")
+            },
+        ),
     ],
 )
 def test_optimizer_state_is_sharded_like_the_parameters(results, name, expected):

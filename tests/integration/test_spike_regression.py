@@ -65,8 +65,7 @@ def _corrupt_fns(x, y, params):
     return [lambda g: g, global_x1e6, one_coordinate_x1e6, corrupt_batch, inf_coordinate]
 
 
-ALL_SCENARIOS = ["clean", "global_x1e6", "one_coordinate_x1e6", "corrupt_batch",
-                 "inf_coordinate"]
+ALL_SCENARIOS = ["clean", "global_x1e6", "one_coordinate_x1e6", "corrupt_batch", "inf_coordinate"]
 
 
 @functools.cache
@@ -131,8 +130,9 @@ def test_filtered_adam_absorbs_a_spike_and_adam_does_not(name, scenario):
     adam_clean_loss, adam_clean_v = _train("optax.adam", "clean")
     adam_loss, adam_v = _train("optax.adam", scenario)
     with np.errstate(invalid="ignore", divide="ignore"):
-        jump = np.nanmax(np.where(np.isnan(adam_v[after]), np.inf,
-                                  adam_v[after] / adam_clean_v[after]))
+        jump = np.nanmax(
+            np.where(np.isnan(adam_v[after]), np.inf, adam_v[after] / adam_clean_v[after])
+        )
     assert jump > 1e3, jump
     # ... and, where the spike hit every coordinate (or NaN'd one), it has not recovered
     # by the time the filtered run has. (One stalled coordinate hardly moves the loss.)

@@ -18,7 +18,8 @@ def _state_bytes(state) -> int:
 
 
 @pytest.mark.parametrize(
-    "make", [fo.filtered_adam, fo.filtered_adamw, fo.adam, fo.adamw, fo.adabelief])
+    "make", [fo.filtered_adam, fo.filtered_adamw, fo.adam, fo.adamw, fo.adabelief]
+)
 def test_bf16_storage_of_both_moments_halves_the_state(make):
     full = make(1e-3).init(PARAMS)
     half = make(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16).init(PARAMS)
@@ -27,11 +28,15 @@ def test_bf16_storage_of_both_moments_halves_the_state(make):
     assert optax.tree.get(half, "nu")["w"].dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("make", [
-    lambda **kw: fo.rmsprop(1e-3, momentum=0.9, **kw),
-    lambda **kw: fo.rmsprop(1e-3, **{k: v for k, v in kw.items() if k == "nu_dtype"}),
-    lambda **kw: fo.sgd(1e-2, momentum=0.9, **{k: v for k, v in kw.items() if k == "mu_dtype"}),
-], ids=["rmsprop+momentum", "rmsprop", "sgd+momentum"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: fo.rmsprop(1e-3, momentum=0.9, **kw),
+        lambda **kw: fo.rmsprop(1e-3, **{k: v for k, v in kw.items() if k == "nu_dtype"}),
+        lambda **kw: fo.sgd(1e-2, momentum=0.9, **{k: v for k, v in kw.items() if k == "mu_dtype"}),
+    ],
+    ids=["rmsprop+momentum", "rmsprop", "sgd+momentum"],
+)
 def test_bf16_storage_halves_the_state_of_the_other_moment_keepers(make):
     full = make().init(PARAMS)
     half = make(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16).init(PARAMS)
@@ -55,8 +60,9 @@ def test_bf16_storage_stays_close_to_float32_storage():
 
         @jax.jit
         def step(params, state, t):
-            g = jax.tree.map(lambda p: (p - 1.0) + jax.random.normal(
-                jax.random.fold_in(key, t), p.shape), params)
+            g = jax.tree.map(
+                lambda p: (p - 1.0) + jax.random.normal(jax.random.fold_in(key, t), p.shape), params
+            )
             updates, state = tx.update(g, state, params)
             return optax.apply_updates(params, updates), state
 
@@ -65,8 +71,9 @@ def test_bf16_storage_stays_close_to_float32_storage():
         return params, state
 
     ref, _ = run(fo.filtered_adam(1e-2, gamma=5.0))
-    low, state = run(fo.filtered_adam(1e-2, gamma=5.0, mu_dtype=jnp.bfloat16,
-                                      nu_dtype=jnp.bfloat16))
+    low, state = run(
+        fo.filtered_adam(1e-2, gamma=5.0, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    )
     assert optax.tree.get(state, "nu")["b"].dtype == jnp.bfloat16
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(low)):
         moved = float(jnp.sqrt(jnp.mean(a**2)))

@@ -81,7 +81,8 @@ TABLE = {
     ),
     "adabelief": (fo.adabelief(1e-2), optax.adabelief(1e-2)),
     "rmsprop_centered": (
-        fo.rmsprop(1e-2, decay=0.95, centered=True), optax.rmsprop(1e-2, decay=0.95, centered=True)
+        fo.rmsprop(1e-2, decay=0.95, centered=True),
+        optax.rmsprop(1e-2, decay=0.95, centered=True),
     ),
     "rmsprop_centered_momentum": (
         fo.rmsprop(1e-2, centered=True, momentum=0.9, eps_in_sqrt=False, bias_correction=True),

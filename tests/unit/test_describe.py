@@ -43,9 +43,18 @@ def _muon_and_filtered_adamw() -> optax.GradientTransformation:
 def test_partitioned_chain_names_stages_groups_params_and_dtypes() -> None:
     desc = fo.describe(_muon_and_filtered_adamw(), PARAMS)
     text = str(desc)
-    for stage in ("optax.partition", "optax.chain", "fo.scale_by_muon", "optax.add_decayed_weights",
-                  "optax.scale", "fo.filtered_adamw", "fo.with_moments", "fo.kalman_filter",
-                  "fo.ema", "fo.normalize"):
+    for stage in (
+        "optax.partition",
+        "optax.chain",
+        "fo.scale_by_muon",
+        "optax.add_decayed_weights",
+        "optax.scale",
+        "fo.filtered_adamw",
+        "fo.with_moments",
+        "fo.kalman_filter",
+        "fo.ema",
+        "fo.normalize",
+    ):
         assert stage in text, stage
     assert [label for label, _ in desc.children] == ["muon", "adam"]
     groups = dict(desc.children)
@@ -88,8 +97,9 @@ def test_without_params_there_are_no_groups_or_buffers() -> None:
 
 
 def test_to_dict_is_json_and_round_trips() -> None:
-    desc = fo.describe(optax.chain(optax.clip(0.5), fo.filtered_adam(1e-3, gamma=float("inf"))),
-                       PARAMS)
+    desc = fo.describe(
+        optax.chain(optax.clip(0.5), fo.filtered_adam(1e-3, gamma=float("inf"))), PARAMS
+    )
     text = json.dumps(desc.to_dict(), allow_nan=False)  # strict JSON: no Infinity literal
     assert '"gamma": "inf"' in text
     back = fo.Description.from_dict(json.loads(text))
@@ -116,8 +126,14 @@ def test_plain_optax_transforms_show_their_hyperparameters() -> None:
     desc = fo.describe(optax.adam(3e-4, b1=0.8, eps=1e-6))
     assert desc.name == "optax.chain"
     adam = desc.find("optax.scale_by_adam")
-    assert dict(adam.hyperparams) == {"b1": 0.8, "b2": 0.999, "eps": 1e-6, "eps_root": 0.0,
-                                      "mu_dtype": None, "nesterov": False}
+    assert dict(adam.hyperparams) == {
+        "b1": 0.8,
+        "b2": 0.999,
+        "eps": 1e-6,
+        "eps_root": 0.0,
+        "mu_dtype": None,
+        "nesterov": False,
+    }
     assert dict(desc.find("optax.scale").hyperparams) == {"step_size": -3e-4}
 
     desc = fo.describe(optax.chain(optax.clip_by_global_norm(2.0), optax.adam(1e-3)), PARAMS)
@@ -126,7 +142,8 @@ def test_plain_optax_transforms_show_their_hyperparameters() -> None:
     assert dict(first.hyperparams) == {"max_norm": 2.0}
     assert dict(second.find("optax.scale_by_adam").state)["nu"].startswith("float32, 4 arrays")
     assert str(desc).splitlines()[:2] == [
-        "optax.chain", "  optax.clip_by_global_norm(max_norm=2.0)"
+        "optax.chain",
+        "  optax.clip_by_global_norm(max_norm=2.0)",
     ]
 
 
@@ -144,8 +161,9 @@ def test_wrappers_and_schedules() -> None:
     assert "gamma" in tx.init(PARAMS_ZEROS).hyperparams
     assert "gamma" in inspect.signature(fo.filtered_adam).parameters
 
-    masked = fo.describe(optax.adamw(1e-3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
-                         PARAMS)
+    masked = fo.describe(
+        optax.adamw(1e-3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)), PARAMS
+    )
     decay = masked.find("optax.masked").children[0][1]
     assert decay.name == "optax.add_decayed_weights"
     assert decay.params == ("blocks/mlp/kernel", "embed/embedding", "head/kernel")
@@ -179,9 +197,14 @@ def test_unknown_transforms_are_read_from_closures_or_named() -> None:
         def __call__(self, *args):
             return optax.EmptyState()
 
-    desc = fo.describe(optax.chain(_user_transform(2.0),
-                                   optax.GradientTransformation(_module_level_init, Opaque()),
-                                   optax.GradientTransformation(Opaque(), Opaque())), PARAMS)
+    desc = fo.describe(
+        optax.chain(
+            _user_transform(2.0),
+            optax.GradientTransformation(_module_level_init, Opaque()),
+            optax.GradientTransformation(Opaque(), Opaque()),
+        ),
+        PARAMS,
+    )
     first, second, third = (c for _, c in desc.children)
     assert first.name == "_user_transform" and dict(first.hyperparams) == {"factor": 2.0}
     assert second.name == "_module_level_init" and not second.hyperparams
@@ -210,11 +233,19 @@ def _non_default(key: str, default):
 
 # A non-default argument for the bases whose arguments are the target's own (params=None).
 FREE_FORM = {
-    "muon": ["muon(beta=0.9)", "muon(weight_decay=0.0, scale='keller')",
-             "muon(beta=0.95)"],  # a default spelled out stays in the canonical text
-    "staged": ["staged(filter='spam', threshold=5000)", "staged(filter='zscore', gamma=3.0)",
-               "staged(moments='belief', b1=0.8)", "staged(filter='identity', eps=1e-6)",
-               "staged(filter='soft_clip', warmup=5)", "staged(b2=0.999)"],
+    "muon": [
+        "muon(beta=0.9)",
+        "muon(weight_decay=0.0, scale='keller')",
+        "muon(beta=0.95)",
+    ],  # a default spelled out stays in the canonical text
+    "staged": [
+        "staged(filter='spam', threshold=5000)",
+        "staged(filter='zscore', gamma=3.0)",
+        "staged(moments='belief', b1=0.8)",
+        "staged(filter='identity', eps=1e-6)",
+        "staged(filter='soft_clip', warmup=5)",
+        "staged(b2=0.999)",
+    ],
     "fo_adam": ["fo_adam(b1=0.8)", "fo_adam(nesterov=True)", "fo_adam(b1=0.9)"],
     "fo_sgd": ["fo_sgd(momentum=0.9)", "fo_sgd(momentum=0.9, nesterov=True)"],
 }
@@ -234,8 +265,10 @@ def _round_trip_specs() -> list[str]:
         if entry.params is None:
             out += FREE_FORM[name]
         else:
-            out += [f"{name}({k}={v!r})" for k, v in
-                    ((k, _non_default(k, d)) for k, d in entry.params.items())]
+            out += [
+                f"{name}({k}={v!r})"
+                for k, v in ((k, _non_default(k, d)) for k, d in entry.params.items())
+            ]
         out += [f"{name}+{m}" for m in ("clip(0.5)", "clip_value(0.1)", "clip(2)+clip_value(1.0)")]
     out += DTYPE_SPECS
     for suite in suites.SUITES.values():
@@ -245,7 +278,8 @@ def _round_trip_specs() -> list[str]:
 
 def test_every_free_form_base_has_round_trip_cases() -> None:
     assert {n for n, e in REGISTRY.items() if e.kind == "base" and e.params is None} == set(
-        FREE_FORM)
+        FREE_FORM
+    )
 
 
 @pytest.mark.parametrize("text", _round_trip_specs())
@@ -270,7 +304,8 @@ def test_round_trip_with_traced_and_scheduled_learning_rates() -> None:
     assert got == ["filtered_adam(eta=0.9)+clip(max_norm=1.0)", "adam(b1=0.8)"]
     sched = optax.cosine_decay_schedule(1e-3, 100)
     assert spec_from_description(fo.describe(build("rmsprop(decay=0.8)", sched))) == (
-        "rmsprop(decay=0.8)")
+        "rmsprop(decay=0.8)"
+    )
 
 
 def test_dtype_specs_build_bfloat16_moments() -> None:
@@ -285,8 +320,7 @@ def test_dtype_specs_build_bfloat16_moments() -> None:
 def test_spelled_out_structural_defaults_of_staged_come_back_short() -> None:
     # staged(filter='kalman') and staged build the same chain; the description cannot tell
     # which text was used, so it gives the shorter one.
-    assert fo.describe(build("staged(filter='kalman')", 1e-3)) == fo.describe(
-        build("staged", 1e-3))
+    assert fo.describe(build("staged(filter='kalman')", 1e-3)) == fo.describe(build("staged", 1e-3))
     assert spec_from_description(fo.describe(build("staged(filter='kalman')", 1e-3))) == "staged"
 
 

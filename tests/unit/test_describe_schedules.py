@@ -19,27 +19,38 @@ SCHEDULES = {
     "cosine_decay_schedule": lambda x: optax.cosine_decay_schedule(x, 100, alpha=0.1),
     "exponential_decay": lambda x: optax.exponential_decay(x, 100, 0.5),
     "piecewise_constant_schedule": lambda x: optax.piecewise_constant_schedule(
-        1e-3, {100: x * 100, 200: 0.5}),
+        1e-3, {100: x * 100, 200: 0.5}
+    ),
     "piecewise_interpolate_schedule": lambda x: optax.piecewise_interpolate_schedule(
-        "cosine", 1e-3, {100: x * 100}),
+        "cosine", 1e-3, {100: x * 100}
+    ),
     "warmup_constant_schedule": lambda x: optax.schedules.warmup_constant_schedule(0.0, x, 10),
     "warmup_cosine_decay_schedule": lambda x: optax.warmup_cosine_decay_schedule(
-        0.0, x, 100, 10_000),
+        0.0, x, 100, 10_000
+    ),
     "warmup_exponential_decay_schedule": lambda x: optax.warmup_exponential_decay_schedule(
-        0.0, x, 100, 1000, 0.5),
+        0.0, x, 100, 1000, 0.5
+    ),
     "sgdr_schedule": lambda x: optax.sgdr_schedule(
-        [dict(init_value=1e-4, peak_value=x, warmup_steps=10, decay_steps=100)] * 2),
+        [dict(init_value=1e-4, peak_value=x, warmup_steps=10, decay_steps=100)] * 2
+    ),
     "cosine_onecycle_schedule": lambda x: optax.cosine_onecycle_schedule(1000, x),
     "linear_onecycle_schedule": lambda x: optax.linear_onecycle_schedule(1000, x),
     "join_schedules": lambda x: optax.join_schedules(
-        [optax.constant_schedule(1e-3), optax.linear_schedule(1e-3, x, 10)], [50]),
+        [optax.constant_schedule(1e-3), optax.linear_schedule(1e-3, x, 10)], [50]
+    ),
 }
 
 
 def test_every_optax_schedule_is_in_the_table():
-    exported = {n for n in dir(optax.schedules) if "schedule" in n and not n.startswith("_")
-                and n not in ("Schedule", "StatefulSchedule", "WrappedSchedule")
-                and "hyperparams" not in n} | {"exponential_decay"}
+    exported = {
+        n
+        for n in dir(optax.schedules)
+        if "schedule" in n
+        and not n.startswith("_")
+        and n not in ("Schedule", "StatefulSchedule", "WrappedSchedule")
+        and "hyperparams" not in n
+    } | {"exponential_decay"}
     assert exported <= set(SCHEDULES)
 
 
@@ -102,14 +113,16 @@ def test_an_undescribable_callable_says_so_and_equals_only_itself():
     big = lambda count, table=tuple(range(100)): table[0]  # noqa: E731
     assert "(code " in _lr_text(fo.adam(big))  # a default tuple of numbers is written out
     obj = _Schedule()
-    closure = (lambda o: (lambda count: o(count)))(obj)
+    closure = (lambda o: lambda count: o(count))(obj)
     assert "not describable" in _lr_text(fo.adam(closure))
 
 
 def test_json_round_trip_keeps_schedules_and_tokens():
-    for tx in (fo.adamw(SCHEDULES["sgdr_schedule"](1e-3)), fo.adam(_Schedule()),
-               optax.inject_hyperparams(fo.filtered_adam)(
-                   learning_rate=SCHEDULES["join_schedules"](1e-3))):
+    for tx in (
+        fo.adamw(SCHEDULES["sgdr_schedule"](1e-3)),
+        fo.adam(_Schedule()),
+        optax.inject_hyperparams(fo.filtered_adam)(learning_rate=SCHEDULES["join_schedules"](1e-3)),
+    ):
         d = fo.describe(tx)
         back = fo.Description.from_dict(json.loads(json.dumps(d.to_dict())))
         assert back == d

@@ -47,9 +47,8 @@ def test_kalman_matches_numpy_reference(count, eta, gamma):
         assert np.array_equal(np.asarray(got64.is_spike), expected_spikes)
     # In float32 (the default) it agrees up to float32 rounding, amplified where
     # v_hat - m_hat^2 cancels; errors are measured in units of the RMS scale s.
-    got = fo.kalman_filter_math(
-        *(jnp.asarray(x, jnp.float32) for x in (g, m, v)), count, **kw)
-    s = np.sqrt(v / (1 - B2**max(count, 1)))
+    got = fo.kalman_filter_math(*(jnp.asarray(x, jnp.float32) for x in (g, m, v)), count, **kw)
+    s = np.sqrt(v / (1 - B2 ** max(count, 1)))
     assert np.max(np.abs(np.asarray(got.filtered) - expected) / s) < 1e-3
     if count >= 20 and gamma < math.inf:
         assert expected_spikes.any()  # the comparison exercised the clipping branch
@@ -61,8 +60,11 @@ def test_matches_reference_under_jit_with_traced_hyperparameters():
     g, m, v = _random_state(3, 500, 40)
     kw = dict(b1=B1, b2=B2, warmup=20, kappa=1e-2)
     expected, _ = kalman_filter_reference(g, m, v, 40, eta=0.7, gamma=4.0, **kw)
-    f = jax.jit(lambda g, m, v, c, eta, gamma: fo.kalman_filter_math(
-        g, m, v, c, eta=eta, gamma=gamma, **kw).filtered)
+    f = jax.jit(
+        lambda g, m, v, c, eta, gamma: (
+            fo.kalman_filter_math(g, m, v, c, eta=eta, gamma=gamma, **kw).filtered
+        )
+    )
     got = f(*(jnp.asarray(x, jnp.float32) for x in (g, m, v)), 40, 0.7, 4.0)
     s = np.sqrt(v / (1 - B2**40))
     assert np.max(np.abs(np.asarray(got) - expected) / s) < 1e-3
@@ -78,8 +80,9 @@ def test_matches_reference_under_jit_with_traced_hyperparameters():
     ],
 )
 def test_gate_is_identity(case, g, m, v, count):
-    out = fo.kalman_filter_math(jnp.float32(g), jnp.float32(m), jnp.float32(v), count,
-                                b1=B1, b2=B2, eta=0.5, gamma=3.0)
+    out = fo.kalman_filter_math(
+        jnp.float32(g), jnp.float32(m), jnp.float32(v), count, b1=B1, b2=B2, eta=0.5, gamma=3.0
+    )
     assert float(out.filtered) == g, case
     assert not bool(out.is_spike)
 
@@ -89,16 +92,19 @@ def test_infinities_are_clipped_to_the_threshold():
     m_hat, s = m / (1 - B1_F32**count), math.sqrt(v / (1 - B2_F32**count))
     g = jnp.array([jnp.inf, -jnp.inf], jnp.float32)
     for eta in (1.0, 0.5):
-        out = fo.kalman_filter_math(g, jnp.full(2, m), jnp.full(2, v), count,
-                                    b1=B1, b2=B2, eta=eta, gamma=gamma)
-        np.testing.assert_allclose(np.asarray(out.filtered),
-                                   [m_hat + gamma * s, m_hat - gamma * s], rtol=2e-5)
+        out = fo.kalman_filter_math(
+            g, jnp.full(2, m), jnp.full(2, v), count, b1=B1, b2=B2, eta=eta, gamma=gamma
+        )
+        np.testing.assert_allclose(
+            np.asarray(out.filtered), [m_hat + gamma * s, m_hat - gamma * s], rtol=2e-5
+        )
         assert np.all(np.asarray(out.is_spike))
 
 
 def test_nan_propagates():
-    out = fo.kalman_filter_math(jnp.array([jnp.nan, 1.0]), jnp.zeros(2), jnp.ones(2), 50,
-                                b1=B1, b2=B2, eta=0.5, gamma=3.0)
+    out = fo.kalman_filter_math(
+        jnp.array([jnp.nan, 1.0]), jnp.zeros(2), jnp.ones(2), 50, b1=B1, b2=B2, eta=0.5, gamma=3.0
+    )
     assert math.isnan(float(out.filtered[0])) and math.isfinite(float(out.filtered[1]))
 
 
@@ -111,11 +117,17 @@ def test_no_nan_leaks_from_unselected_branches(eta, gamma):
     v = jnp.array([0.0, 1.0, 1.0, 1.0, 1.0, 1.0], jnp.float32)
 
     def total(g, m, v):
-        return jnp.sum(fo.kalman_filter_math(g, m, v, 50, b1=B1, b2=B2, eta=eta,
-                                             gamma=gamma).filtered)
+        return jnp.sum(
+            fo.kalman_filter_math(g, m, v, 50, b1=B1, b2=B2, eta=eta, gamma=gamma).filtered
+        )
 
-    assert np.all(np.isfinite(np.asarray(fo.kalman_filter_math(
-        g, m, v, 50, b1=B1, b2=B2, eta=eta, gamma=gamma).filtered)))
+    assert np.all(
+        np.isfinite(
+            np.asarray(
+                fo.kalman_filter_math(g, m, v, 50, b1=B1, b2=B2, eta=eta, gamma=gamma).filtered
+            )
+        )
+    )
     for arg in range(3):
         grad = jax.grad(total, argnums=arg)(g, m, v)
         assert np.all(np.isfinite(np.asarray(grad))), (arg, grad)
@@ -128,8 +140,11 @@ def test_bf16_gradients_and_bf16_mu_dtype():
     state = tx.init(params)
     assert state[0].mu["w"].dtype == jnp.bfloat16
     for i in range(10):
-        g = {"w": (jax.random.normal(jax.random.fold_in(key, i), (64,)) * (1 + 100 * (i == 7)))
-             .astype(jnp.bfloat16)}
+        g = {
+            "w": (
+                jax.random.normal(jax.random.fold_in(key, i), (64,)) * (1 + 100 * (i == 7))
+            ).astype(jnp.bfloat16)
+        }
         updates, state = jax.jit(tx.update)(g, state, params)
         assert updates["w"].dtype == jnp.bfloat16
         assert state[0].mu["w"].dtype == jnp.bfloat16
@@ -137,15 +152,30 @@ def test_bf16_gradients_and_bf16_mu_dtype():
     # The math upcasts: bf16 inputs give the float32 result rounded once to bf16.
     g, m, v = (jax.random.normal(jax.random.PRNGKey(k), (256,)) for k in (1, 2, 3))
     v = v**2 + 0.5
-    low = fo.kalman_filter_math(g.astype(jnp.bfloat16), m.astype(jnp.bfloat16),
-                                v.astype(jnp.bfloat16), 50, b1=B1, b2=B2, eta=0.5, gamma=2.0)
-    high = fo.kalman_filter_math(g.astype(jnp.bfloat16).astype(jnp.float32),
-                                 m.astype(jnp.bfloat16).astype(jnp.float32),
-                                 v.astype(jnp.bfloat16).astype(jnp.float32),
-                                 50, b1=B1, b2=B2, eta=0.5, gamma=2.0)
+    low = fo.kalman_filter_math(
+        g.astype(jnp.bfloat16),
+        m.astype(jnp.bfloat16),
+        v.astype(jnp.bfloat16),
+        50,
+        b1=B1,
+        b2=B2,
+        eta=0.5,
+        gamma=2.0,
+    )
+    high = fo.kalman_filter_math(
+        g.astype(jnp.bfloat16).astype(jnp.float32),
+        m.astype(jnp.bfloat16).astype(jnp.float32),
+        v.astype(jnp.bfloat16).astype(jnp.float32),
+        50,
+        b1=B1,
+        b2=B2,
+        eta=0.5,
+        gamma=2.0,
+    )
     assert low.filtered.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(low.filtered),
-                                  np.asarray(high.filtered.astype(jnp.bfloat16)))
+    np.testing.assert_array_equal(
+        np.asarray(low.filtered), np.asarray(high.filtered.astype(jnp.bfloat16))
+    )
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "student_t3", "uniform"])
@@ -160,8 +190,7 @@ def test_false_positive_rate_respects_chebyshev(noise, gamma):
         "student_t3": lambda: rng.standard_t(3, size=n) / math.sqrt(3.0),
         "uniform": lambda: rng.uniform(-math.sqrt(3), math.sqrt(3), size=n),
     }[noise]
-    tx = fo.with_moments(filter=fo.kalman_filter(gamma=gamma, stats=True),
-                         moments=fo.ema(B1, B2))
+    tx = fo.with_moments(filter=fo.kalman_filter(gamma=gamma, stats=True), moments=fo.ema(B1, B2))
     state = tx.init(jnp.zeros(n))
     update = jax.jit(tx.update)
     flagged = []
@@ -202,12 +231,21 @@ def test_spam_rule_exact():
 
 def test_kalman_filter_stage_stats_match_math():
     g = {"a": jnp.array([100.0, 0.1, 0.2]), "b": jnp.array([[0.05]])}
-    prev = fo.Moments(jnp.asarray(30), jax.tree.map(jnp.zeros_like, g),
-                      jax.tree.map(lambda x: jnp.full_like(x, 0.01), g), B1, B2)
+    prev = fo.Moments(
+        jnp.asarray(30),
+        jax.tree.map(jnp.zeros_like, g),
+        jax.tree.map(lambda x: jnp.full_like(x, 0.01), g),
+        B1,
+        B2,
+    )
     stage = fo.kalman_filter(eta=0.5, gamma=3.0, stats=True)
     out, stats = stage.update(g, stage.init(g), prev_moments=prev)
-    results = [fo.kalman_filter_math(x, jnp.zeros_like(x), jnp.full_like(x, 0.01), 30,
-                                     b1=B1, b2=B2, eta=0.5, gamma=3.0) for x in (g["a"], g["b"])]
+    results = [
+        fo.kalman_filter_math(
+            x, jnp.zeros_like(x), jnp.full_like(x, 0.01), 30, b1=B1, b2=B2, eta=0.5, gamma=3.0
+        )
+        for x in (g["a"], g["b"])
+    ]
     assert float(stats.spike_fraction) == pytest.approx(1 / 4)
     gains = np.concatenate([np.asarray(r.gain).ravel() for r in results])
     assert float(stats.mean_gain) == pytest.approx(float(gains.mean()), rel=1e-6)

@@ -64,25 +64,33 @@ def test_a_clipped_complex_spike_keeps_its_phase_and_lands_on_the_threshold():
     np.testing.assert_allclose(jnp.abs(out), 3.0 * jnp.sqrt(v_hat), rtol=1e-4)
 
 
-@pytest.mark.parametrize("math_fn", [
-    fo.kalman_filter_math, fo.zscore_filter_math, fo.soft_clip_filter_math, fo.spam_filter_math,
-])
+@pytest.mark.parametrize(
+    "math_fn",
+    [
+        fo.kalman_filter_math,
+        fo.zscore_filter_math,
+        fo.soft_clip_filter_math,
+        fo.spam_filter_math,
+    ],
+)
 def test_every_filter_on_a_real_valued_complex_input_equals_the_real_filter(math_fn):
     m, v = _moments(30)
     m, v = jnp.real(m), jnp.real(v)
     g = 5.0 * jax.random.normal(jax.random.PRNGKey(3), (64,))
     g = g.at[:3].set(jnp.asarray([400.0, -900.0, 1e4]))
     real = math_fn(g, m, v, 30, b1=B1, b2=B2)
-    cplx = math_fn(g.astype(jnp.complex64), m.astype(jnp.complex64), v.astype(jnp.complex64),
-                   30, b1=B1, b2=B2)
+    cplx = math_fn(
+        g.astype(jnp.complex64), m.astype(jnp.complex64), v.astype(jnp.complex64), 30, b1=B1, b2=B2
+    )
     np.testing.assert_allclose(np.asarray(cplx.filtered), np.asarray(real.filtered), rtol=1e-6)
     assert np.all(np.imag(np.asarray(cplx.filtered)) == 0)
     np.testing.assert_array_equal(np.asarray(cplx.is_spike), np.asarray(real.is_spike))
     assert bool(jnp.any(real.is_spike))
 
 
-@pytest.mark.parametrize("math_fn", [fo.zscore_filter_math, fo.soft_clip_filter_math,
-                                     fo.spam_filter_math])
+@pytest.mark.parametrize(
+    "math_fn", [fo.zscore_filter_math, fo.soft_clip_filter_math, fo.spam_filter_math]
+)
 def test_the_other_filters_keep_a_complex_spikes_phase(math_fn):
     m, v = _moments(30)
     g = _complex(jax.random.PRNGKey(11), (64,), 1e4)
@@ -105,8 +113,10 @@ def test_an_infinite_complex_gradient_is_clipped_to_a_finite_value():
 @pytest.mark.parametrize("eta,gamma,warmup", [(1.0, 3.0, 2), (0.6, 2.0, 0)])
 def test_filtered_adam_on_complex_parameters_matches_numpy_reference(eta, gamma, warmup):
     key = jax.random.PRNGKey(0)
-    grads = [np.asarray(_complex(jax.random.fold_in(key, t), (5,),
-                                 100.0 if t % 9 == 8 else 1.0)) for t in range(30)]
+    grads = [
+        np.asarray(_complex(jax.random.fold_in(key, t), (5,), 100.0 if t % 9 == 8 else 1.0))
+        for t in range(30)
+    ]
     kw = dict(eta=eta, gamma=gamma, warmup=warmup, kappa=1e-2)
     tx = fo.filtered_adam(1e-2, b1=EXACT_B1, b2=EXACT_B2, **kw)
     params = jnp.zeros(5, jnp.complex64)
@@ -116,12 +126,18 @@ def test_filtered_adam_on_complex_parameters_matches_numpy_reference(eta, gamma,
         updates, state = tx.update(jnp.asarray(g), state, params)
         ours.append(np.asarray(updates))
     ref = adam_with_filter_reference(
-        grads, lr=1e-2, b1=EXACT_B1, b2=EXACT_B2, eps=1e-8, filter_kwargs=kw)
+        grads, lr=1e-2, b1=EXACT_B1, b2=EXACT_B2, eps=1e-8, filter_kwargs=kw
+    )
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     plain = adam_with_filter_reference(
-        grads, lr=1e-2, b1=EXACT_B1, b2=EXACT_B2, eps=1e-8,
-        filter_kwargs=dict(eta=1.0, gamma=np.inf, warmup=0, kappa=0.0))
+        grads,
+        lr=1e-2,
+        b1=EXACT_B1,
+        b2=EXACT_B2,
+        eps=1e-8,
+        filter_kwargs=dict(eta=1.0, gamma=np.inf, warmup=0, kappa=0.0),
+    )
     assert not np.allclose(ref[-1], plain[-1])  # the filter changed the run
 
 
@@ -129,8 +145,10 @@ def test_filtered_adam_on_complex_parameters_matches_numpy_reference(eta, gamma,
 def test_complex_mu_dtype_is_accepted_as_optax_accepts_it(make):
     state = make(0.1, mu_dtype=jnp.complex64).init(jnp.zeros(2, jnp.float32))
     assert optax.tree.get(state, "mu").dtype == jnp.complex64
-    assert optax.adam(0.1, mu_dtype=jnp.complex64).init(jnp.zeros(2)).__getitem__(0).mu.dtype \
+    assert (
+        optax.adam(0.1, mu_dtype=jnp.complex64).init(jnp.zeros(2)).__getitem__(0).mu.dtype
         == jnp.complex64
+    )
     with pytest.raises(ValueError, match="nu_dtype"):
         make(0.1, nu_dtype=jnp.complex64)  # nu is an EMA of |g|^2: real
 

@@ -104,9 +104,7 @@ def test_values_match_hand_computation():
 
     for group in GROUPS:
         # Update statistics from the update the optimizer actually returned.
-        np.testing.assert_allclose(
-            stats[f"{group}/monitor/norm"], _norm(updates[group]), rtol=1e-6
-        )
+        np.testing.assert_allclose(stats[f"{group}/monitor/norm"], _norm(updates[group]), rtol=1e-6)
         np.testing.assert_allclose(stats[f"{group}/monitor/rms"], _rms(updates[group]), rtol=1e-6)
         # Filter statistics from the filter math on this branch's clipped gradient and its
         # moments before the step (the other branch's leaves are optax.MaskedNode there).
@@ -155,8 +153,7 @@ def test_jit_and_scan_match_eager():
         for name in EXPECTED_NAMES:
             np.testing.assert_allclose(history[name][s], eager[name], rtol=1e-6, err_msg=name)
     np.testing.assert_allclose(history["grad/norm"], norms, rtol=1e-6)
-    np.testing.assert_allclose(history["body/filter/spike_fraction"], [0, 0, 0, 1 / 15],
-                               rtol=1e-6)
+    np.testing.assert_allclose(history["body/filter/spike_fraction"], [0, 0, 0, 1 / 15], rtol=1e-6)
 
 
 def test_nnx_optimizer():

@@ -38,8 +38,14 @@ def rows() -> list[dict]:
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
     env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                          env=env, timeout=900, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
@@ -96,8 +102,11 @@ def test_axis_override(rows):
 def _tree(seed):
     rng = np.random.default_rng(seed)
     shapes = {"a": (16, 32), "b": (16, 32), "t": (32, 16), "layers": {"mlp": (3, 16, 16)}}
-    return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), shapes,
-                        is_leaf=lambda x: isinstance(x, tuple))
+    return jax.tree.map(
+        lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32),
+        shapes,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
 
 
 @pytest.mark.parametrize("on_mesh", [False, True])
@@ -115,13 +124,22 @@ def test_one_device_is_bitwise_the_unsplit_update(on_mesh):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("bad, error", [("all", ValueError), (("x", "x"), ValueError),
-                                        (("",), ValueError), (3, TypeError),
-                                        (("x", 1), TypeError)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        ("all", ValueError),
+        (("x", "x"), ValueError),
+        (("",), ValueError),
+        (3, TypeError),
+        (("x", 1), TypeError),
+    ],
+)
 def test_bad_ns_split_axes(bad, error):
-    for make in (lambda: fo.muon(1e-3, ns_split_axes=bad),
-                 lambda: fo.scale_by_muon(ns_split_axes=bad),
-                 lambda: fo.orthogonal_update(ns_split_axes=bad)):
+    for make in (
+        lambda: fo.muon(1e-3, ns_split_axes=bad),
+        lambda: fo.scale_by_muon(ns_split_axes=bad),
+        lambda: fo.orthogonal_update(ns_split_axes=bad),
+    ):
         with pytest.raises(error, match="ns_split_axes"):
             make()
 

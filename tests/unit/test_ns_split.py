@@ -40,16 +40,25 @@ def run() -> dict:
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
     env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return {"rows": rows, "stderr": proc.stderr}
 
 
 def _row(run, kind, mode, **match):
-    found = [r for r in run["rows"] if r["kind"] == kind and r["mode"] == mode
-             and all(r[k] == v for k, v in match.items())]
+    found = [
+        r
+        for r in run["rows"]
+        if r["kind"] == kind and r["mode"] == mode and all(r[k] == v for k, v in match.items())
+    ]
     assert len(found) == 1, (kind, mode, match)
     return found[0]
 
@@ -101,13 +110,13 @@ def test_single_device_is_the_plain_call():
     fn = functools.partial(newton_schulz, coefficients="polar_express")
     np.testing.assert_array_equal(np.asarray(orthogonalize_stack(x, fn)), np.asarray(fn(x)))
     np.testing.assert_array_equal(
-        np.asarray(jax.jit(lambda s: orthogonalize_stack(s, fn))(x)), np.asarray(jax.jit(fn)(x)))
+        np.asarray(jax.jit(lambda s: orthogonalize_stack(s, fn))(x)), np.asarray(jax.jit(fn)(x))
+    )
 
 
 def test_one_device_mesh_with_an_explicit_axis_split():
     mesh = jax.make_mesh((1,), ("x",))
-    x = jax.device_put(jax.random.normal(jax.random.key(1), (3, 8, 8)),
-                       NamedSharding(mesh, P()))
+    x = jax.device_put(jax.random.normal(jax.random.key(1), (3, 8, 8)), NamedSharding(mesh, P()))
     out = orthogonalize_stack(x, lambda s: 2.0 * s, split=("x",))
     np.testing.assert_allclose(np.asarray(out), 2.0 * np.asarray(x))
 

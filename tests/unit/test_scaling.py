@@ -39,8 +39,11 @@ def _adam_moments(b1, b2):
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_normalize_is_bias_corrected_adam(nesterov):
     b1, b2, eps, eps_root = 0.8, 0.9, 1e-3, 1e-4
-    got = _updates(fo.with_moments(moments=fo.ema(b1, b2),
-                                   scale=fo.normalize(eps, eps_root, nesterov=nesterov)))
+    got = _updates(
+        fo.with_moments(
+            moments=fo.ema(b1, b2), scale=fo.normalize(eps, eps_root, nesterov=nesterov)
+        )
+    )
     for t, ((g, m, v), u) in enumerate(zip(_adam_moments(b1, b2), got), start=1):
         if nesterov:
             m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
@@ -52,12 +55,14 @@ def test_normalize_is_bias_corrected_adam(nesterov):
 
 @pytest.mark.parametrize("eps_in_sqrt", [True, False])
 @pytest.mark.parametrize("bias_correction", [False, True])
-def test_rms_normalize_divides_the_gradient_by_the_root_second_moment(eps_in_sqrt,
-                                                                      bias_correction):
+def test_rms_normalize_divides_the_gradient_by_the_root_second_moment(eps_in_sqrt, bias_correction):
     rho, eps = 0.9, 1e-3
-    got = _updates(fo.with_moments(
-        moments=fo.second_moment(rho),
-        scale=fo.rms_normalize(eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction)))
+    got = _updates(
+        fo.with_moments(
+            moments=fo.second_moment(rho),
+            scale=fo.rms_normalize(eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction),
+        )
+    )
     v = np.zeros(6)
     for t, (g, u) in enumerate(zip(GRADS, got), start=1):
         v = rho * v + (1 - rho) * g * g
@@ -69,8 +74,9 @@ def test_rms_normalize_divides_the_gradient_by_the_root_second_moment(eps_in_sqr
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_momentum_output_is_the_trace_or_its_lookahead(nesterov):
     mom = 0.9
-    got = _updates(fo.with_moments(moments=fo.heavy_ball(mom),
-                                   scale=fo.momentum_output(nesterov=nesterov)))
+    got = _updates(
+        fo.with_moments(moments=fo.heavy_ball(mom), scale=fo.momentum_output(nesterov=nesterov))
+    )
     m = np.zeros(6)
     for g, u in zip(GRADS, got):
         m = mom * m + g
@@ -83,17 +89,30 @@ def test_sign_update_is_the_sign_of_the_new_first_moment():
         np.testing.assert_array_equal(u, np.sign(m))
 
 
-@pytest.mark.parametrize("stage", [fo.normalize(), fo.rms_normalize(), fo.momentum_output(),
-                                   fo.sign_update(), fo.orthogonal_update()])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        fo.normalize(),
+        fo.rms_normalize(),
+        fo.momentum_output(),
+        fo.sign_update(),
+        fo.orthogonal_update(),
+    ],
+)
 def test_a_scale_stage_outside_with_moments_says_where_it_belongs(stage):
     state = stage.init(jnp.zeros((2, 2)))
     with pytest.raises(TypeError, match="moments="):
         stage.update(jnp.ones((2, 2)), state)
 
 
-@pytest.mark.parametrize("scale, rule", [(fo.normalize(), fo.second_moment()),
-                                         (fo.rms_normalize(), fo.heavy_ball()),
-                                         (fo.sign_update(), fo.second_moment())])
+@pytest.mark.parametrize(
+    "scale, rule",
+    [
+        (fo.normalize(), fo.second_moment()),
+        (fo.rms_normalize(), fo.heavy_ball()),
+        (fo.sign_update(), fo.second_moment()),
+    ],
+)
 def test_a_scale_paired_with_a_rule_missing_its_moment_says_which(scale, rule):
     tx = fo.with_moments(moments=rule, scale=scale)
     with pytest.raises(TypeError, match="moment"):
@@ -102,8 +121,12 @@ def test_a_scale_paired_with_a_rule_missing_its_moment_says_which(scale, rule):
 
 def test_orthogonal_update_orthogonalizes_the_nesterov_direction():
     g = jnp.asarray(RNG.standard_normal((8, 16)))
-    tx = fo.with_moments(moments=fo.ema_momentum(0.5), scale=fo.orthogonal_update(
-        coefficients="polar_express", scale=1.0, compute_dtype=jnp.float64))
+    tx = fo.with_moments(
+        moments=fo.ema_momentum(0.5),
+        scale=fo.orthogonal_update(
+            coefficients="polar_express", scale=1.0, compute_dtype=jnp.float64
+        ),
+    )
     u, _ = tx.update(g, tx.init(jnp.zeros((8, 16), jnp.float64)))
     direction = 0.5 * g + 0.5 * (0.5 * g)  # (1 - beta) g + beta m with m = (1 - beta) g
     s_u = np.linalg.svd(np.asarray(u), compute_uv=False)

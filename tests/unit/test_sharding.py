@@ -33,8 +33,14 @@ def rows() -> list[dict]:
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
     env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                          env=env, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
@@ -93,8 +99,10 @@ def test_single_device_and_shapes_only():
 def test_wrappers_keep_hyperparameters_replicated():
     mesh = jax.make_mesh((1,), ("x",))
     params = {"w": jax.device_put(jnp.zeros((4, 3)), NamedSharding(mesh, P("x", None)))}
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.inject_hyperparams(fo.filtered_adam)(learning_rate=1e-3))
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.inject_hyperparams(fo.filtered_adam)(learning_rate=1e-3),
+    )
     sh = fo.state_shardings(tx, params)
     inner = sh[1].inner_state[0]
     assert inner.mu["w"] == params["w"].sharding and inner.nu["w"] == params["w"].sharding

@@ -45,9 +45,7 @@ def _key(i):
 class Block(nnx.Module):
     def __init__(self, d: int, heads: int, rngs: nnx.Rngs):
         self.ln1 = nnx.LayerNorm(d, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(
-            num_heads=heads, in_features=d, decode=False, rngs=rngs
-        )
+        self.attn = nnx.MultiHeadAttention(num_heads=heads, in_features=d, decode=False, rngs=rngs)
         self.ln2 = nnx.RMSNorm(d, rngs=rngs)
         self.fc1 = nnx.Linear(d, 2 * d, rngs=rngs)
         self.fc2 = nnx.Linear(2 * d, d, rngs=rngs)
@@ -114,14 +112,25 @@ def _einsum_forward(p, tokens):
 
 def einsum_attention():
     v, d, h, k = 24, 16, 2, 8
-    shapes = {"embed": (v, d), "wq": (d, h, k), "wk": (d, h, k), "wv": (d, h, k),
-              "wo": (h, k, d), "norm": {"scale": (d,)}, "head": (d, v)}
+    shapes = {
+        "embed": (v, d),
+        "wq": (d, h, k),
+        "wk": (d, h, k),
+        "wv": (d, h, k),
+        "wo": (h, k, d),
+        "norm": {"scale": (d,)},
+        "head": (d, v),
+    }
     params = jax.tree.map(lambda s: jnp.zeros(s), shapes, is_leaf=lambda s: isinstance(s, tuple))
     qkv = (QKV, "dot: reduce (0,) out (1, 2)")
     expected = {
-        "embed": EMBED, "wq": qkv, "wk": qkv, "wv": qkv,
+        "embed": EMBED,
+        "wq": qkv,
+        "wk": qkv,
+        "wv": qkv,
         "wo": (ATTN_OUT, "dot: reduce (0, 1) out (2,)"),
-        "norm/scale": ELEM, "head": HEAD,
+        "norm/scale": ELEM,
+        "head": HEAD,
     }
     return _einsum_forward, params, (jnp.zeros((2, 6), jnp.int32),), expected
 
@@ -136,14 +145,20 @@ def _torch_forward(p, x):
 def torch_layout():
     rng = np.random.default_rng(0)
     params = {
-        name: {"weight": jnp.asarray(rng.standard_normal((o, i)), jnp.float32),
-               "bias": jnp.zeros(o)}
+        name: {
+            "weight": jnp.asarray(rng.standard_normal((o, i)), jnp.float32),
+            "bias": jnp.zeros(o),
+        }
         for name, (o, i) in {"fc1": (32, 12), "fc2": (32, 32), "out": (5, 32)}.items()
     }
     torch = (OUT_IN, "dot: reduce (1,) out (0,)")
     expected = {
-        "fc1/weight": torch, "fc1/bias": ELEM, "fc2/weight": torch, "fc2/bias": ELEM,
-        "out/weight": HEAD, "out/bias": ELEM,
+        "fc1/weight": torch,
+        "fc1/bias": ELEM,
+        "fc2/weight": torch,
+        "fc2/bias": ELEM,
+        "out/weight": HEAD,
+        "out/bias": ELEM,
     }
     return _torch_forward, params, (jnp.zeros((4, 12)),), expected
 
@@ -162,8 +177,12 @@ class DecoderHead(nnx.Module):
 
 def decoder_head():
     expected = {
-        "encoder/kernel": LIN, "encoder/bias": ELEM, "hidden/kernel": LIN,
-        "hidden/bias": ELEM, "decoder/kernel": HEAD, "decoder/bias": ELEM,
+        "encoder/kernel": LIN,
+        "encoder/bias": ELEM,
+        "hidden/kernel": LIN,
+        "hidden/bias": ELEM,
+        "decoder/kernel": HEAD,
+        "decoder/bias": ELEM,
     }
     return DecoderHead(nnx.Rngs(0)), (jnp.zeros((4, 16)),), expected
 
@@ -201,8 +220,10 @@ class Scanned(nnx.Module):
 def scanned_blocks():
     expected = {
         "embed/embedding": EMBED,
-        "blocks/lin/kernel": (MatrixSpec((1,), (2,)),
-                              "dot: reduce (1,) out (2,); scan → stack axis 0"),
+        "blocks/lin/kernel": (
+            MatrixSpec((1,), (2,)),
+            "dot: reduce (1,) out (2,); scan → stack axis 0",
+        ),
         "blocks/lin/bias": ELEM,
         "blocks/norm/scale": ELEM,
         "blocks/norm/bias": ELEM,
@@ -228,8 +249,14 @@ class ConvNet(nnx.Module):
 def conv_net():
     conv = (CONV, "conv: reduce (0, 1, 2) out (3,)")
     expected = {
-        "conv1/kernel": conv, "conv1/bias": ELEM, "bn/scale": ELEM, "bn/bias": ELEM,
-        "conv2/kernel": conv, "conv2/bias": ELEM, "head/kernel": HEAD, "head/bias": ELEM,
+        "conv1/kernel": conv,
+        "conv1/bias": ELEM,
+        "bn/scale": ELEM,
+        "bn/bias": ELEM,
+        "conv2/kernel": conv,
+        "conv2/bias": ELEM,
+        "head/kernel": HEAD,
+        "head/bias": ELEM,
     }
     return ConvNet(nnx.Rngs(0)), (jnp.zeros((2, 8, 8, 3)),), expected
 
@@ -255,10 +282,19 @@ class Mixer(nnx.Module):
 
 def mlp_mixer():
     expected = {
-        "stem/kernel": LIN, "stem/bias": ELEM, "ln1/scale": ELEM, "ln1/bias": ELEM,
+        "stem/kernel": LIN,
+        "stem/bias": ELEM,
+        "ln1/scale": ELEM,
+        "ln1/bias": ELEM,
         "token_mix": (OUT_IN, "dot: reduce (1,) out (0,)"),
-        "ln2/scale": ELEM, "ln2/bias": ELEM, "channel1/kernel": LIN, "channel1/bias": ELEM,
-        "channel2/kernel": LIN, "channel2/bias": ELEM, "head/kernel": HEAD, "head/bias": ELEM,
+        "ln2/scale": ELEM,
+        "ln2/bias": ELEM,
+        "channel1/kernel": LIN,
+        "channel1/bias": ELEM,
+        "channel2/kernel": LIN,
+        "channel2/bias": ELEM,
+        "head/kernel": HEAD,
+        "head/bias": ELEM,
     }
     return Mixer(rngs=nnx.Rngs(0)), (jnp.zeros((2, 8, 12)),), expected
 
@@ -287,9 +323,12 @@ class LoRAModel(nnx.Module):
 
 def lora():
     expected = {
-        "adapted/base/kernel": LIN, "adapted/base/bias": ELEM,
-        "adapted/lora_a": LIN, "adapted/lora_b": LIN,
-        "head/kernel": HEAD, "head/bias": ELEM,
+        "adapted/base/kernel": LIN,
+        "adapted/base/bias": ELEM,
+        "adapted/lora_a": LIN,
+        "adapted/lora_b": LIN,
+        "head/kernel": HEAD,
+        "head/bias": ELEM,
     }
     return LoRAModel(nnx.Rngs(0)), (jnp.zeros((4, 16)),), expected
 
@@ -314,19 +353,38 @@ def _control_flow_forward(p, x, flag, steps):
 
 
 def control_flow():
-    shapes = {"stem": (8, 16), "branch": (16, 16), "torch": (12, 16), "loop": (12, 12),
-              "gain": (12,), "head": (12, 3)}
+    shapes = {
+        "stem": (8, 16),
+        "branch": (16, 16),
+        "torch": (12, 16),
+        "loop": (12, 12),
+        "gain": (12,),
+        "head": (12, 3),
+    }
     params = {k: jnp.zeros(s) for k, s in shapes.items()}
     expected = {
-        "stem": LIN, "branch": LIN, "torch": (OUT_IN, "dot: reduce (1,) out (0,)"),
-        "loop": LIN, "gain": ELEM, "head": HEAD,
+        "stem": LIN,
+        "branch": LIN,
+        "torch": (OUT_IN, "dot: reduce (1,) out (0,)"),
+        "loop": LIN,
+        "gain": ELEM,
+        "head": HEAD,
     }
     args = (jnp.zeros((4, 8)), jnp.array(True), jnp.array(2))
     return _control_flow_forward, params, args, expected
 
 
-ZOO = [tied_transformer, einsum_attention, torch_layout, decoder_head, scanned_blocks,
-       conv_net, mlp_mixer, lora, control_flow]
+ZOO = [
+    tied_transformer,
+    einsum_attention,
+    torch_layout,
+    decoder_head,
+    scanned_blocks,
+    conv_net,
+    mlp_mixer,
+    lora,
+    control_flow,
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,8 +417,10 @@ def _preset_differences(params, rule):
         traced = rule(names, shape)
         traced = None if traced == "adam" else traced
         if traced != preset:
-            lines.append(f"  {'/'.join(names)} {shape}: presets {preset}, traced {traced} "
-                         f"({rule.reason(names)})")
+            lines.append(
+                f"  {'/'.join(names)} {shape}: presets {preset}, traced {traced} "
+                f"({rule.reason(names)})"
+            )
     return lines
 
 
@@ -379,8 +439,9 @@ def test_zoo_matches_hand_written_routes(case):
         assert rule(names, shape) == route, ("/".join(names), rule.reason(names))
         assert rule.reason(names) == reason, "/".join(names)
     # The traced rule plugs into every routing entry point.
-    specs = jax.tree.leaves(fo.muon_specs(params, labels=rule),
-                            is_leaf=lambda s: s is None or isinstance(s, MatrixSpec))
+    specs = jax.tree.leaves(
+        fo.muon_specs(params, labels=rule), is_leaf=lambda s: s is None or isinstance(s, MatrixSpec)
+    )
     for (names, _), spec in zip(leaves.items(), specs, strict=True):
         want = expected["/".join(names)][0]
         assert spec == (None if want == "adam" else want), "/".join(names)
@@ -416,11 +477,17 @@ def _matmul(p, x):
 
 def test_conflicting_axes_unreached_leaves_and_stacks():
     d = 8
-    params = {"both": jnp.zeros((d, d)), "unused": jnp.zeros((d, d)), "emb": jnp.zeros((5, d)),
-              "experts": jnp.zeros((3, d, d)), "fanout": jnp.zeros((3, d, d)),
-              "layers": jnp.zeros((2, d, d)), "fused": jnp.zeros((d, 3 * d)),
-              "gate": jnp.zeros((d, 1)),
-              "head": jnp.zeros((d, 2))}
+    params = {
+        "both": jnp.zeros((d, d)),
+        "unused": jnp.zeros((d, d)),
+        "emb": jnp.zeros((5, d)),
+        "experts": jnp.zeros((3, d, d)),
+        "fanout": jnp.zeros((3, d, d)),
+        "layers": jnp.zeros((2, d, d)),
+        "fused": jnp.zeros((d, 3 * d)),
+        "gate": jnp.zeros((d, 1)),
+        "head": jnp.zeros((d, 2)),
+    }
 
     def fn(p, x, start):
         x = x + lax.dynamic_slice_in_dim(p["emb"], start, x.shape[0])  # data position
@@ -488,11 +555,18 @@ def test_errors_name_the_input_or_leaf():
         fo.trace_routing(lambda p, batch: fn(p, batch["x"]), params, {"x": jnp.zeros((2, 5))})
     with pytest.raises(ValueError, match=r"params leaf 'w2' float32\[16, 4\] \(by shape\)"):
         # Inside a nested jit the operands are new tracers: named by shape and dtype.
-        fo.trace_routing(lambda p, x: jax.jit(lambda h, w: h @ w.T)(x @ p["w1"], p["w2"]),
-                         params, jnp.zeros((2, 8)))
+        fo.trace_routing(
+            lambda p, x: jax.jit(lambda h, w: h @ w.T)(x @ p["w1"], p["w2"]),
+            params,
+            jnp.zeros((2, 8)),
+        )
     with pytest.raises(ValueError, match=r"could not trace <lambda>.*carry input and carry"):
-        fo.trace_routing(lambda p, x: lax.scan(lambda c, w: (c @ w, None), x, p["s"])[0],
-                         {"s": jnp.zeros((3, 8, 5))}, jnp.zeros((2, 8)))
+        fo.trace_routing(
+            lambda p, x: lax.scan(lambda c, w: (c @ w, None), x, p["s"])[0],
+            {"s": jnp.zeros((3, 8, 5))},
+            jnp.zeros((2, 8)),
+        )
+
     def fails(p, x):
         raise RuntimeError("unsupported layer")
 
@@ -517,9 +591,11 @@ def test_errors_name_the_input_or_leaf():
 def test_tracing_computes_nothing():
     """Only abstract values flow: a forward that would allocate ~64 GiB traces at once."""
     big = jax.ShapeDtypeStruct((1 << 17, 1 << 17), jnp.float32)  # 64 GiB if materialised
-    rule = fo.trace_routing(lambda p, x: jnp.tanh(x @ p["w"]) @ p["out"],
-                            {"w": big, "out": big}, jax.ShapeDtypeStruct((4, 1 << 17),
-                                                                          jnp.float32))
+    rule = fo.trace_routing(
+        lambda p, x: jnp.tanh(x @ p["w"]) @ p["out"],
+        {"w": big, "out": big},
+        jax.ShapeDtypeStruct((4, 1 << 17), jnp.float32),
+    )
     assert rule(("w",), big.shape) == IN_OUT
 
 
@@ -553,8 +629,13 @@ def test_transformer_trains_with_traced_routing():
 
 def test_loop_carries_settle_and_size_one_axes_join_fan_in():
     d = 8
-    params = {"w_xh": jnp.zeros((4, d)), "w_hh": jnp.zeros((d, d)), "carried": jnp.zeros((d, d)),
-              "kernel": jnp.zeros((5, 1, d)), "head": jnp.zeros((d, 3))}
+    params = {
+        "w_xh": jnp.zeros((4, d)),
+        "w_hh": jnp.zeros((d, d)),
+        "carried": jnp.zeros((d, d)),
+        "kernel": jnp.zeros((5, 1, d)),
+        "head": jnp.zeros((d, 3)),
+    }
 
     def fn(p, xs, n):
         def cell(h, x):  # an RNN: h starts as a constant and becomes data after one step
@@ -562,8 +643,9 @@ def test_loop_carries_settle_and_size_one_axes_join_fan_in():
             return h, h
 
         _, hs = lax.scan(cell, jnp.zeros((xs.shape[1], d)), xs)
-        h, _ = lax.fori_loop(0, n, lambda i, c: (jnp.tanh(c[0] @ c[1]), c[1]),
-                             (hs[-1], p["carried"]))  # a weight passed as a loop carry
+        h, _ = lax.fori_loop(
+            0, n, lambda i, c: (jnp.tanh(c[0] @ c[1]), c[1]), (hs[-1], p["carried"])
+        )  # a weight passed as a loop carry
         window = jnp.stack([xs[-1, :, 0]] * 5, axis=-1)  # (batch, 5)
         h = h + window @ p["kernel"].reshape(5, d)  # (5, 1, d) read as a 5 × d matrix
         return h @ p["head"]
@@ -598,8 +680,10 @@ def test_routing_table_why_column_reads_the_traced_reasons():
         rule, params, expected = _build(case)
         rows = {r.path: r for r in fo.routing_table(params, labels=rule)}
         assert {p: r.why for p, r in rows.items()} == {p: e[1] for p, e in expected.items()}
-    rows = {r.path: r for r in fo.routing_table(_build(scanned_blocks)[1],
-                                                labels=_build(scanned_blocks)[0])}
+    rows = {
+        r.path: r
+        for r in fo.routing_table(_build(scanned_blocks)[1], labels=_build(scanned_blocks)[0])
+    }
     assert rows["blocks/lin/kernel"].why == "dot: reduce (1,) out (2,); scan → stack axis 0"
     assert rows["blocks/lin/kernel"].matrix == "3 × 16 × 16"
     # A leaf the trace never reached: the preset decides and says so, with the rule's note.
@@ -648,8 +732,7 @@ def test_traced_rule_is_built_once_outside_the_step(monkeypatch):
     routes up while it is being compiled, never again per step."""
     analyses = []
     analyse = trace_module._analyse
-    monkeypatch.setattr(trace_module, "_analyse",
-                        lambda *a: analyses.append(1) or analyse(*a))
+    monkeypatch.setattr(trace_module, "_analyse", lambda *a: analyses.append(1) or analyse(*a))
     model = TiedTransformer(rngs=nnx.Rngs(0))
     x = jnp.zeros((4, 8), jnp.int32)
     rule = fo.trace_routing(model, x)
