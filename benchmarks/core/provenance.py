@@ -38,9 +38,39 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def files_hash(subdir: str) -> str:
+    """``files:<sha256>`` of every file under ``ROOT/subdir`` (names and bytes, results and
+    caches excluded): the code's identity where git cannot give one (an unpacked archive)."""
+    digest = hashlib.sha256()
+    base = ROOT / subdir
+    for path in sorted(base.rglob("*")):
+        rel = path.relative_to(ROOT).as_posix()
+        if not path.is_file() or "__pycache__" in path.parts or rel.startswith(_OUTPUTS):
+            continue
+        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return "files:" + digest.hexdigest()[:40]
+
+
+# Outputs, not code: never part of a files hash.
+_OUTPUTS = ("benchmarks/results/",)
+
+
 @cache
 def code_state() -> dict[str, Any]:
-    """Commits and dirty state of ``filtered_optax/`` and ``benchmarks/`` (cached per process)."""
+    """Commits and dirty state of ``filtered_optax/`` and ``benchmarks/`` (cached per process).
+
+    Outside a git checkout (or in one without commits) each tree is identified by
+    :func:`files_hash` instead of a commit, so records stay stamped and comparable.
+    """
+    if not _git("rev-parse", "--verify", "-q", "HEAD"):
+        fo_hash, bench_hash = files_hash("filtered_optax"), files_hash("benchmarks")
+        return {
+            "commit": "no git commit",
+            "fo_commit": fo_hash,
+            "bench_commit": bench_hash,
+            "dirty": False,
+            "dirty_hash": "",
+        }
     dirty_files = _git("status", "--porcelain", "--", *CODE_PATHS)
     diff = _git("diff", "HEAD", "--", *CODE_PATHS)
     return {

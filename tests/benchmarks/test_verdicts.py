@@ -232,6 +232,33 @@ def test_provenance_stamps_commits_dirty_state_and_versions() -> None:
     assert provenance.config_hash({"a": 1}) != provenance.config_hash({"a": 2})
 
 
+def test_outside_git_the_code_is_stamped_by_a_hash_of_its_files(tmp_path, monkeypatch) -> None:
+    """An unpacked archive has no commits: records are still stamped, by the files' content,
+    so the report can combine them and still refuses records made by other code."""
+    from benchmarks.core import provenance
+
+    for sub in ("filtered_optax", "benchmarks", "benchmarks/results"):
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "filtered_optax" / "a.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "b.py").write_text("y = 2\n")
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    monkeypatch.setattr(provenance, "_git", lambda *args: "")
+    provenance.code_state.cache_clear()
+    try:
+        first = provenance.code_state()
+        assert first["fo_commit"].startswith("files:") and not first["dirty"]
+        (tmp_path / "benchmarks" / "results" / "runs.jsonl").write_text("{}\n")  # outputs
+        provenance.code_state.cache_clear()
+        assert provenance.code_state() == first
+        (tmp_path / "filtered_optax" / "a.py").write_text("x = 3\n")  # other code
+        provenance.code_state.cache_clear()
+        second = provenance.code_state()
+        assert second["fo_commit"] != first["fo_commit"]
+        assert second["bench_commit"] == first["bench_commit"]
+    finally:
+        provenance.code_state.cache_clear()
+
+
 def test_runner_moves_records_of_other_code_aside(tmp_path: Path) -> None:
     from benchmarks.suite import suites
     from benchmarks.suite.runner import Runner
