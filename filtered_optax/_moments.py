@@ -237,6 +237,24 @@ def ema_momentum(beta: float = 0.95, b2: float | None = None) -> MomentRule:
     return MomentRule(init, update, beta, b2 if keep_nu else 0.0)
 
 
+def _as_storage(tree: Any, dtype: Any) -> Any:
+    """Initial buffers in their storage dtype (None keeps each leaf's own).
+
+    A real storage dtype for complex parameters keeps the real part explicitly: the initial
+    values are real (zeros, ``initial_scale``), and JAX deprecates implicit complex → real
+    casts.
+    """
+    if dtype is None:
+        return tree
+
+    def cast(x: jax.Array) -> jax.Array:
+        if jnp.iscomplexobj(x) and not jnp.issubdtype(dtype, jnp.complexfloating):
+            x = jnp.real(x)
+        return x.astype(dtype)
+
+    return jax.tree.map(cast, tree)
+
+
 def _call_stage(stage: optax.GradientTransformation, updates, state, params, extra):
     if isinstance(stage, optax.GradientTransformationExtraArgs):
         return stage.update(updates, state, params, **extra)
@@ -367,8 +385,8 @@ def with_moments(
         mu, nu = moments.init(params)
         return WithMomentsState(
             count=jnp.zeros([], jnp.int32),
-            mu=otu.cast(mu, mu_dtype),
-            nu=otu.cast(nu, nu_dtype),
+            mu=_as_storage(mu, mu_dtype),
+            nu=_as_storage(nu, nu_dtype),
             filter_state=filter.init(params),
             scale_state=scale.init(params),
         )
