@@ -461,7 +461,12 @@ def write_report(out: Path) -> dict[str, Any]:
     text = render(res)
     ns = ns_scaling_module()
     if ns is not None and res.get("ns_scaling"):
-        text += "\n## Distributed Newton–Schulz scaling\n\n" + ns.to_markdown(res["ns_scaling"])
+        text += (
+            "\n## Distributed Newton–Schulz scaling\n\n"
+            "Per-device cost of Muon's orthogonalization on 1, 2, 4 and 8 simulated CPU devices "
+            "(`python -m benchmarks.ns_scaling`; command, wall time and reading in "
+            "[ns_scaling.md](ns_scaling.md)).\n\n" + ns.to_markdown(res["ns_scaling"])
+        )
     (out / "perf.md").write_text(text)
     return res
 
