@@ -9,35 +9,17 @@ single device, and reports the differences and the optimizer-state shardings.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "_sharded_training.py"
+from tests._devices import run_on_devices
+
+SCRIPT = "_sharded_training.py"  # in tests/, run by tests/_devices.py
 STEPS = 25
 
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--steps", str(STEPS)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = run_on_devices(SCRIPT, "--steps", str(STEPS), timeout=300)[0]
     return {r["optimizer"]: r for r in lines}
 
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
 import time
 
 import jax
@@ -21,8 +16,7 @@ from filtered_optax import MatrixSpec, WithMomentsState, describe
 from filtered_optax._muon import muon, scale_by_muon
 from filtered_optax._orthogonal import newton_schulz
 from filtered_optax._routing import muon_labels, muon_specs, routing_table
-
-TESTS = pathlib.Path(__file__).resolve().parents[1]  # the helper scripts live in tests/
+from tests._devices import run_on_devices
 
 
 def _rand_tree(tree, rng, dtype=jnp.float32):
@@ -343,19 +337,7 @@ def test_batched_same_shape_equals_unbatched():
 
 
 def test_sharded_step_matches_single_device_without_collectives():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(TESTS.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, str(TESTS / "_muon_sharding_check.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_on_devices("_muon_sharding_check.py", timeout=300)[0][-1]
     print(result)
     assert result["err"] <= 1e-5
     assert result["kept"] and result["mu_kept"]

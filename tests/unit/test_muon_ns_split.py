@@ -7,12 +7,6 @@ The 8-device checks run ``tests/_muon_ns_split_check.py`` in a subprocess, becau
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +15,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import filtered_optax as fo
+from tests._devices import one, run_on_devices
 
-SCRIPT = Path(__file__).resolve().parents[1] / "_muon_ns_split_check.py"
+SCRIPT = "_muon_ns_split_check.py"  # in tests/, run by tests/_devices.py
 MODES = ("auto", "auto_set_mesh", "explicit", "explicit_set_mesh", "auto_eager")
 LAYOUTS = ("replicated", "fsdp", "stacked_layers")
 # Per-device FLOPs of the whole update for 8 equal 512² matrices on 8 devices, relative to
@@ -33,38 +28,18 @@ MAX_ERR = 1e-5  # updates against one device
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-
-
-def _one(rows, **match):
-    found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
-    assert len(found) == 1, match
-    return found[0]
+    return run_on_devices(SCRIPT, timeout=900)[0]
 
 
 def test_issue_repro_explicit_mesh_equals_one_device(rows):
-    r = _one(rows, kind="repro")
+    r = one(rows, kind="repro")
     assert r["err"] <= MAX_ERR and r["zero_finite"] and r["kept"], r
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_updates_equal_one_device(rows, mode, layout):
-    r = _one(rows, kind="correctness", mode=mode, layout=layout)
+    r = one(rows, kind="correctness", mode=mode, layout=layout)
     assert r["err"] <= MAX_ERR, r
     if mode != "auto" and mode != "auto_set_mesh":
         # Explicit meshes, and concrete arrays outside jit, know each parameter's sharding:
@@ -75,7 +50,7 @@ def test_updates_equal_one_device(rows, mode, layout):
 @pytest.mark.parametrize("mode", ["auto", "explicit"])
 @pytest.mark.parametrize("layout", ["replicated", "fsdp"])
 def test_per_device_flops_of_the_whole_update(rows, mode, layout):
-    r = _one(rows, kind="cost", mode=mode, layout=layout, split="auto")
+    r = one(rows, kind="cost", mode=mode, layout=layout, split="auto")
     assert r["flops_ratio"] <= MAX_FLOPS_RATIO, r
     # Newton-Schulz dots on slices: one device multiplies one matrix (no batch of 8), and
     # 1/8 of the single device's NS dots are left in each device's program.
@@ -85,16 +60,16 @@ def test_per_device_flops_of_the_whole_update(rows, mode, layout):
 
 @pytest.mark.parametrize("mode", ["auto", "explicit"])
 def test_split_off_is_the_control(rows, mode):
-    off = _one(rows, kind="cost", mode=mode, layout="replicated", split="None")
+    off = one(rows, kind="cost", mode=mode, layout="replicated", split="None")
     assert abs(off["flops_ratio"] - 1.0) < 0.02, off  # every device does every matrix
     assert off["dot_count"] == off["single_dot_count"], off
     if mode == "explicit":  # FSDP without the split: each device gathers every matrix
-        fsdp = _one(rows, kind="cost", mode=mode, layout="fsdp", split="None")
+        fsdp = one(rows, kind="cost", mode=mode, layout="fsdp", split="None")
         assert abs(fsdp["flops_ratio"] - 1.0) < 0.02, fsdp
 
 
 def test_axis_override(rows):
-    r = _one(rows, kind="cost", mode="explicit", layout="replicated", split="('fsdp',)")
+    r = one(rows, kind="cost", mode="explicit", layout="replicated", split="('fsdp',)")
     assert abs(r["flops_ratio"] - 0.25) < 0.03, r  # 2 of 8 matrices on each of 4 groups
     assert all(len(d) == 3 and d[0] == 2 for d in r["dots"]), r
 
@@ -145,7 +120,7 @@ def test_bad_ns_split_axes(bad, error):
 
 
 def test_unknown_axis_name_raises_on_a_mesh(rows):
-    r = _one(rows, kind="bad_axis")
+    r = one(rows, kind="bad_axis")
     assert r["error"] and "ns_split_axes" in r["error"] and "model" in r["error"], r
     assert "data" in r["error"], r  # names the axes that exist
 

@@ -6,11 +6,6 @@ statistics like filtered Adam's, and it runs on explicit-axis meshes without jax
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
 import warnings
 
 import jax
@@ -20,8 +15,7 @@ import optax
 import pytest
 
 import filtered_optax as fo
-
-TESTS = pathlib.Path(__file__).resolve().parents[1]  # the helper scripts live in tests/
+from tests._devices import run_on_devices
 
 
 def _tree(rng, shapes, dtype=jnp.float32):
@@ -160,19 +154,7 @@ def test_stats_without_a_filter_is_an_error():
 
 
 def test_explicit_mesh_without_set_mesh_matches_single_device():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(TESTS.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, str(TESTS / "_explicit_mesh_check.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_on_devices("_explicit_mesh_check.py", timeout=300)[0][-1]
     for layout in ("replicated", "sharded", "replicated_filtered", "sharded_filtered"):
         # float32 round-off of a sharded reduction only.
         assert result[layout] <= 1e-6, (layout, result)

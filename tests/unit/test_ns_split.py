@@ -8,11 +8,6 @@ The 8-device checks run ``tests/_ns_split_check.py`` in a subprocess, because
 from __future__ import annotations
 
 import functools
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +18,9 @@ from jax.sharding import PartitionSpec as P
 
 from filtered_optax._ns_split import orthogonalize_stack
 from filtered_optax._orthogonal import newton_schulz
+from tests._devices import run_on_devices
 
-SCRIPT = Path(__file__).resolve().parents[1] / "_ns_split_check.py"
+SCRIPT = "_ns_split_check.py"  # in tests/, run by tests/_devices.py
 MODES = ("auto", "explicit")
 LAYOUTS = ("replicated", "fsdp", "fsdp_padded", "stacked_layers", "stacked_layers_fsdp")
 # Layouts whose parameters are sharded on a matrix axis: there each device must receive only
@@ -35,22 +31,8 @@ MAX_FLOPS_RATIO = 0.30  # per-device NS FLOPs for 8 equal 512² matrices on 8 de
 
 @pytest.fixture(scope="module")
 def run() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    return {"rows": rows, "stderr": proc.stderr}
+    rows, stderr = run_on_devices(SCRIPT, timeout=300)
+    return {"rows": rows, "stderr": stderr}
 
 
 def _row(run, kind, mode, **match):

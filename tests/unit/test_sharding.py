@@ -6,12 +6,6 @@ The 8-device checks run ``tests/_mesh_check.py`` in a subprocess, because
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -20,40 +14,21 @@ from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 import filtered_optax as fo
+from tests._devices import one, run_on_devices
 from tests.registry import ids
 
-SCRIPT = Path(__file__).resolve().parents[1] / "_mesh_check.py"
+SCRIPT = "_mesh_check.py"  # in tests/, run by tests/_devices.py
 MODES = ("auto", "explicit", "explicit_set_mesh")
 
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-
-
-def _one(rows, **match):
-    found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
-    assert len(found) == 1, match
-    return found[0]
+    return run_on_devices(SCRIPT, timeout=600)[0]
 
 
 @pytest.mark.parametrize("name", ids())
 def test_init_shards_moments_like_their_parameters(rows, name):
-    r = _one(rows, kind="state", optimizer=name)
+    r = one(rows, kind="state", optimizer=name)
     assert r["kept"] and r["same_as_recipe"] and r["scalars_replicated"], r
     if name == "sgd":  # no state beyond the step count
         assert r["moments"] == 0, r
@@ -68,14 +43,14 @@ CASES = [pytest.param(name, mode, id=f"{name}-{mode}") for name in ids() for mod
 
 @pytest.mark.parametrize("name, mode", CASES)
 def test_updates_on_a_mesh_equal_one_device(rows, name, mode):
-    r = _one(rows, kind="mode", optimizer=name, mode=mode)
+    r = one(rows, kind="mode", optimizer=name, mode=mode)
     assert "error" not in r, r["error"]
     assert r["err"] <= 1e-6, r
     assert r["kept"], r
 
 
 def test_flax_nnx_partitioning_metadata(rows):
-    r = _one(rows, kind="nnx")
+    r = one(rows, kind="nnx")
     assert r["param_specs"] == ["P('model',)", "P()", "P(None, 'model')"], r
     assert r["moments_like_params"] and r["count_replicated"], r
 
