@@ -139,3 +139,32 @@ def test_gradients_shaped_unlike_the_state_are_refused_with_the_leaf():
     state = tx.init({"w": jnp.zeros((2, 3))})
     with pytest.raises(ValueError, match="w"):
         tx.update({"w": jnp.zeros((3, 2))}, state)
+
+
+# Every public stage, in the slot it belongs to: with_moments recognises our constructors by
+# name (to say which slot a misplaced one belongs in), so a new stage must be known there.
+SLOTTED = [
+    ("filter", fo.identity_filter),
+    ("filter", lambda: fo.kalman_filter(gamma=3.0)),
+    ("filter", fo.spam_filter),
+    ("filter", fo.zscore_filter),
+    ("filter", fo.soft_clip_filter),
+    ("moments", fo.ema),
+    ("moments", fo.belief),
+    ("moments", fo.second_moment),
+    ("moments", fo.heavy_ball),
+    ("moments", fo.ema_momentum),
+    ("scale", fo.normalize),
+    ("scale", fo.rms_normalize),
+    ("scale", fo.momentum_output),
+    ("scale", fo.sign_update),
+    ("scale", fo.orthogonal_update),
+]
+
+
+@pytest.mark.parametrize("slot, make", SLOTTED)
+def test_every_public_stage_is_accepted_in_its_slot_and_refused_elsewhere(slot, make):
+    fo.with_moments(**{slot: make()})
+    for other in {"filter", "moments", "scale"} - {slot}:
+        with pytest.raises(TypeError, match=f"pass it as {slot}="):
+            fo.with_moments(**{other: make()})
