@@ -307,27 +307,6 @@ def _check_stage(slot: str, stage: Any) -> None:
     raise TypeError(f"{slot}= of fo.with_moments expects {_SLOT[slot]}; got {got}.")
 
 
-def _check_like_state(updates: Any, reference: Any) -> None:
-    """The gradient tree must have the structure and leaf shapes of the state's buffers."""
-    if reference is None:
-        return
-    got, want = jax.tree.structure(updates), jax.tree.structure(reference)
-    if got != want:
-        raise ValueError(
-            "the gradient pytree does not match the optimizer state (built by init from "
-            f"the parameters): gradient structure {got} vs state structure {want}."
-        )
-    for (path, g), r in zip(
-        jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(reference)
-    ):
-        if jnp.shape(g) != jnp.shape(r):
-            name = jax.tree_util.keystr(path) or "<root>"
-            raise ValueError(
-                f"gradient leaf {name} has shape {jnp.shape(g)} but the optimizer state was "
-                f"initialized for shape {jnp.shape(r)}."
-            )
-
-
 def with_moments(
     *,
     filter: optax.GradientTransformation | None = None,  # noqa: A002 - the stage's name
@@ -399,7 +378,7 @@ def with_moments(
                     "do not pass it to update()."
                 )
         _validation.check_leaf_dtypes(updates, "gradient", owner="fo.with_moments")
-        _check_like_state(updates, state.nu if state.mu is None else state.mu)
+        _validation.check_like_state(updates, state.nu if state.mu is None else state.mu)
         prev = Moments(state.count, state.mu, state.nu, moments.b1, moments.b2)
         filtered, filter_state = _call_stage(
             filter, updates, state.filter_state, params, dict(extra_args, prev_moments=prev)

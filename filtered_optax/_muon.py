@@ -764,10 +764,6 @@ def _optax_keywords(
     return "polar_express" if coefficients is None else coefficients
 
 
-def _masked(x: Any) -> bool:
-    return isinstance(x, optax.MaskedNode)
-
-
 def _moment_shapes(state: Any) -> Any:
     """The parameter tree as :func:`muon`'s state saw it at ``init``: each leaf's first
     moment, from whichever side of the partition owns it (a ``MaskedNode`` where neither
@@ -780,37 +776,12 @@ def _moment_shapes(state: Any) -> Any:
     merged = found[0] if found else None
     for tree in found[1:]:  # a None parameter is None on one side, a MaskedNode on the other
         merged = jax.tree.map(
-            lambda a, b: b if _masked(a) else a,
+            lambda a, b: b if _validation.is_masked(a) else a,
             merged,
             tree,
-            is_leaf=lambda x: x is None or _masked(x),
+            is_leaf=lambda x: x is None or _validation.is_masked(x),
         )
     return merged
-
-
-def _check_like_state(updates: Any, reference: Any) -> None:
-    """The gradient must have the state's structure and, leaf by leaf, its shapes."""
-    if reference is None:
-        return
-    # MaskedNode leaves: masked out here, or (in an outer optax.masked / partition) in both.
-    got = jax.tree.structure(updates, is_leaf=_masked)
-    want = jax.tree.structure(reference, is_leaf=_masked)
-    if got != want:
-        raise ValueError(
-            "the gradient pytree does not match the optimizer state (built by init from "
-            f"the parameters): gradient structure {got} vs state structure {want}."
-        )
-    pairs = zip(
-        jax.tree_util.tree_flatten_with_path(updates, is_leaf=_masked)[0],
-        jax.tree.leaves(reference, is_leaf=_masked),
-    )
-    for (path, g), r in pairs:
-        if not (_masked(r) or _masked(g)) and jnp.shape(g) != jnp.shape(r):
-            raise ValueError(
-                f"gradient leaf {jax.tree_util.keystr(path) or '<root>'} has shape "
-                f"{jnp.shape(g)} but the optimizer state was initialized for shape "
-                f"{jnp.shape(r)}."
-            )
 
 
 def _check_gradients(
@@ -821,7 +792,7 @@ def _check_gradients(
     the partition routes the gradient by its shapes."""
 
     def update_fn(updates, state, params=None, **extra):
-        _check_like_state(updates, _moment_shapes(state))
+        _validation.check_like_state(updates, _moment_shapes(state))
         return tx.update(updates, state, params, **extra)
 
     return optax.GradientTransformationExtraArgs(tx.init, update_fn)

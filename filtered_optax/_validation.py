@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def concrete_float(value: Any) -> float | None:
@@ -219,4 +220,40 @@ def check_leaf_dtypes(tree: Any, what: str, *, owner: str, allow_complex: bool =
                 f"{owner} optimizes {kinds} only; {what} leaf {name} has dtype {dtype}. "
                 "Exclude it with optax.masked or optax.partition (e.g. optax.set_to_zero()), "
                 "or cast it to a float dtype."
+            )
+
+
+def is_masked(x: Any) -> bool:
+    """An ``optax.MaskedNode``: a leaf that an ``optax.masked`` / ``partition`` left out."""
+    return isinstance(x, optax.MaskedNode)
+
+
+def check_like_state(updates: Any, reference: Any) -> None:
+    """The gradient tree must have the structure and leaf shapes of the state's buffers.
+
+    ``reference`` is a buffer tree built by ``init`` from the parameters (None: nothing to
+    check). Leaves masked out (``optax.MaskedNode``) on either side are not compared.
+
+    Raises:
+      ValueError: naming the first gradient leaf whose shape differs, or both structures.
+    """
+    if reference is None:
+        return
+    got = jax.tree.structure(updates, is_leaf=is_masked)
+    want = jax.tree.structure(reference, is_leaf=is_masked)
+    if got != want:
+        raise ValueError(
+            "the gradient pytree does not match the optimizer state (built by init from "
+            f"the parameters): gradient structure {got} vs state structure {want}."
+        )
+    pairs = zip(
+        jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_masked)[0],
+        jax.tree.leaves(reference, is_leaf=is_masked),
+    )
+    for (path, g), r in pairs:
+        if not (is_masked(r) or is_masked(g)) and jnp.shape(g) != jnp.shape(r):
+            raise ValueError(
+                f"gradient leaf {jax.tree_util.keystr(path) or '<root>'} has shape "
+                f"{jnp.shape(g)} but the optimizer state was initialized for shape "
+                f"{jnp.shape(r)}."
             )
