@@ -4,10 +4,12 @@ comparisons of one claim, TOST equivalence inside a margin fixed here, censored 
 A comparison pairs a method with a baseline seed by seed (same initialisation, batches and
 noise) on one lower-is-better value. Its verdict is
 
-* **better** / **worse** – the one-sided paired t-test (or, with censored values, the exact
+* **better** / **worse** – the two-sided paired t-test (or, with censored values, the exact
   sign test) rejects "no difference" at level :data:`ALPHA` *after* Holm's step-down
   correction over all comparisons of the claim (Holm 1979, "A simple sequentially rejective
-  multiple test procedure");
+  multiple test procedure"), and the mean difference has that sign. Two-sided, because
+  either direction is a verdict: two one-sided tests at ``ALPHA`` would be a test at
+  ``2 * ALPHA``, and a "worse" could stand beside a 95 % interval that covers 0;
 * **equivalent** – the two one-sided tests (Schuirmann 1987, "A comparison of the two one-sided
   tests procedure…") put the mean difference inside ± the margin, also Holm-corrected;
 * **inconclusive** – anything else. A difference with zero variance over seeds (identical or
@@ -233,18 +235,17 @@ def decide(comps: list[Comparison], alpha: float = ALPHA) -> list[Comparison]:
     """
     if not comps:
         return comps
-    better = holm([c.p_better for c in comps])
-    worse = holm([c.p_worse for c in comps])
+    # Two-sided p of "no difference": twice the smaller one-sided p (capped at 1).
+    differs = holm([min(1.0, 2.0 * min(c.p_better, c.p_worse)) for c in comps])
     equiv = holm([c.p_equiv for c in comps])
-    for c, pb, pw, pe in zip(comps, better, worse, equiv, strict=True):
-        if pb < alpha:
-            c.verdict, c.p_holm = "better", pb
-        elif pw < alpha:
-            c.verdict, c.p_holm = "worse", pw
+    for c, pd, pe in zip(comps, differs, equiv, strict=True):
+        if pd < alpha:
+            c.verdict = "better" if c.p_better < c.p_worse else "worse"
+            c.p_holm = pd
         elif pe < alpha:
             c.verdict, c.p_holm = "equivalent", pe
         else:
-            c.verdict, c.p_holm = "inconclusive", min(pb, pw, pe)
+            c.verdict, c.p_holm = "inconclusive", min(pd, pe)
     return comps
 
 
@@ -267,7 +268,7 @@ def claim_verdict(verdicts: Sequence[str]) -> str:
 
 
 VERDICT_RULE = (
-    f"paired over evaluation seeds (never the tuning seeds); **better**/**worse**: one-sided "
+    f"paired over evaluation seeds (never the tuning seeds); **better**/**worse**: two-sided "
     f"paired t-test (sign test when a run is censored) significant at {ALPHA} after Holm's "
     f"correction across the claim's comparisons; **equivalent**: TOST inside ±{EQUIV_REL:.0%} "
     f"of the baseline's mean (at least one resolution unit for step counts), Holm-corrected; "

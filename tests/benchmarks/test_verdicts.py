@@ -69,6 +69,24 @@ def test_pure_noise_is_never_better() -> None:
     assert c.verdict == "inconclusive"
 
 
+def test_a_directional_verdict_never_stands_beside_an_interval_covering_zero() -> None:
+    """Better/worse is a two-sided test at ALPHA: for one comparison it agrees exactly with the
+    printed 95 % interval (two one-sided tests at ALPHA would call some of these "worse")."""
+    rng = np.random.default_rng(1)
+    directional = 0
+    for _ in range(400):
+        n = int(rng.integers(2, 7))
+        base = rng.normal(2.0, 0.1, n)
+        method = base + rng.normal(0.02, 0.02, n)
+        c = stats.decide(
+            [stats.compare("x", "m", "b", "b", dict(enumerate(method)), dict(enumerate(base)))]
+        )[0]
+        covers_zero = c.delta.lo <= 0.0 <= c.delta.hi
+        assert (c.verdict in ("better", "worse")) == (not covers_zero), (c.verdict, c.delta)
+        directional += c.verdict == "worse"
+    assert directional > 0  # the draws do reach a verdict sometimes
+
+
 def test_equivalent_within_the_margin_and_better_when_clearly_lower() -> None:
     base = np.linspace(2.0, 2.4, 8)
     tiny = np.array([1, -1, 2, -2, 1, -1, 0.5, -0.5]) * 1e-4  # ≪ 1 % of 2.2
