@@ -88,6 +88,7 @@ def main(a: argparse.Namespace, command: str) -> int:
             meta.get("info"),
             suite.notes,
             suite.indicative,
+            suite.parts,
         )
     except ProvenanceError as e:
         print(f"refusing to report on {out / 'runs.jsonl'}: {e}", file=sys.stderr)

@@ -395,6 +395,11 @@ def cost_section(recs: list[Rec]) -> str:
     )
 
 
+def parts_run(recs: list[Rec]) -> set[str]:
+    """The suite parts ``recs`` hold records of (network task names, ``quad``, ``cost``)."""
+    return {r["kind"] if r["kind"] in ("quad", "cost") else r["task"] for r in recs}
+
+
 def _header(
     suite: str,
     command: str,
@@ -402,6 +407,7 @@ def _header(
     run_info: dict[str, Any] | None,
     indicative: bool,
     notes: tuple[str, ...],
+    not_run: list[str],
 ) -> list[str]:
     parts = [f"# Benchmark report — suite `{suite}`\n"]
     if indicative:
@@ -426,6 +432,12 @@ def _header(
         )
         parts += [f"- **skipped**: {s}" for s in run_info.get("skipped", [])]
         parts.append("")
+    if not_run:
+        parts.append(
+            f"**Not in this run**: {', '.join(not_run)}. Every claim that rests on "
+            f"{'it' if len(not_run) == 1 else 'them'} has no data here: missing, not "
+            f"negative.\n"
+        )
     parts += [f"Note: {n}\n" for n in notes]
     parts.append(
         "Protocol: every spec's learning rate (2^k lattice, window extended until the "
@@ -444,8 +456,12 @@ def write_report(
     run_info: dict[str, Any] | None = None,
     notes: tuple[str, ...] = (),
     indicative: bool = False,
+    planned: tuple[str, ...] = (),
 ) -> tuple[Path, list[an.Claim]]:
     """Write ``REPORT.md``, ``summary.json``, ``OPTIMIZERS.md`` and the plots.
+
+    ``planned`` names the parts a complete run of the suite has; those without records (a run
+    restricted with ``--only``) are listed as not run, in the report and in summary.json.
 
     Raises :class:`records.ProvenanceError` when the records lack a commit stamp or come from
     more than one version of the code.
@@ -453,7 +469,8 @@ def write_report(
     out_dir = Path(out_dir)
     recs = [r for r in records.load(out_dir / "runs.jsonl") if r["suite"] == suite]
     prov = records.check_provenance(recs)
-    parts = _header(suite, command, prov, run_info, indicative, notes)
+    not_run = [p for p in planned if p not in parts_run(recs)]
+    parts = _header(suite, command, prov, run_info, indicative, notes, not_run)
     if data_lines(recs):
         parts += [
             "Data (name and sha256 prefix; `benchmarks/data/SOURCES.md`):\n",
@@ -488,7 +505,7 @@ def write_report(
         "[summary.json](summary.json).\n"
     )
     wall = run_info.get("total_s") if run_info else None
-    summ = records.clean(summary(recs, prov, wall, cl))
+    summ = records.clean({**summary(recs, prov, wall, cl), "not_run": not_run})
     (out_dir / "summary.json").write_text(json.dumps(summ, indent=1))
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(parts), encoding="utf-8")

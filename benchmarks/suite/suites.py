@@ -107,6 +107,11 @@ class Suite:
     notes: tuple[str, ...] = ()
 
     @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts a complete run has, named as ``run --only`` names them."""
+        return tuple(p.task for p in self.nets) + ("quad",) + (("cost",) if self.cost_sizes else ())
+
+    @property
     def net_specs(self) -> tuple[str, ...]:
         """Every spec the network tasks may run, with the Muon specs derived from each AdamW."""
         out = [s for p in self.nets for s in p.specs]

@@ -229,6 +229,23 @@ def test_report_of_one_commit_prints_it_and_writes_summary(tmp_path: Path) -> No
     assert row["baseline"] == BASE and row["verdict"] == "better" and row["p_holm"] < 0.05
 
 
+def test_report_lists_the_parts_a_restricted_run_left_out(tmp_path: Path) -> None:
+    _write(tmp_path / "runs.jsonl", _tiny_suite(np.linspace(-0.3, -0.2, 6)))
+    path, _ = report.write_report(tmp_path, "tiny", planned=("lm", "t", "quad"))
+    assert "**Not in this run**: lm, quad." in path.read_text()
+    assert json.loads((tmp_path / "summary.json").read_text())["not_run"] == ["lm", "quad"]
+    path, _ = report.write_report(tmp_path, "tiny", planned=("t",))
+    assert "Not in this run" not in path.read_text()
+    assert json.loads((tmp_path / "summary.json").read_text())["not_run"] == []
+
+
+def test_suite_parts_are_what_run_only_accepts() -> None:
+    from benchmarks.suite import suites
+
+    full = suites.get_suite("full")
+    assert full.parts == ("lm", "mnist1d_mlp", "mnist1d_cnn", "fashion_mlp", "quad", "cost")
+
+
 def test_censored_and_lr_formatting() -> None:
     from benchmarks.core.tables import censored, lr_text
 
