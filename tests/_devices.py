@@ -14,14 +14,21 @@ from pathlib import Path
 from typing import Any
 
 TESTS = Path(__file__).resolve().parent
+# XLA:CPU aborts a process whose simulated devices do not all reach a collective within 40 s.
+# On a loaded 2-core machine 8 device threads can lag that long without anything being wrong,
+# so the checks wait up to 10 minutes (the subprocess timeout) before XLA gives up.
+COLLECTIVE_FLAGS = (
+    "--xla_cpu_collective_call_terminate_timeout_seconds=600",
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120",
+)
 
 
 def run_on_devices(script: str, *args: str, devices: int = 8, timeout: int = 600) -> tuple:
     """``(rows, stderr)``: the JSON lines ``tests/<script>`` printed on ``devices`` CPU
     devices; fails the calling test with the script's stderr if it exits non-zero."""
     env = dict(os.environ)
-    flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-    env["XLA_FLAGS"] = flags.strip()
+    flags = [env.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={devices}"]
+    env["XLA_FLAGS"] = " ".join([*flags, *COLLECTIVE_FLAGS]).strip()
     env.setdefault("JAX_PLATFORMS", "cpu")
     env["PYTHONPATH"] = str(TESTS.parent) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
