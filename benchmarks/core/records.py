@@ -20,11 +20,14 @@ from benchmarks.core.provenance import STAMP_FIELDS, config_hash, describe_stamp
 SCHEMA = 2
 # Required fields per kind, beyond the common ones. "tune": a run on a tuning seed (validation
 # split decides); "eval": a run of the chosen configuration on an evaluation seed (test split
-# reported); "spike": an evaluation run with a gradient spike injected; "quad": a quadratic run.
+# reported); "spike": an evaluation run with a gradient spike injected; "spike_tune": the same
+# injection on a tuning seed (it picks the strongest baseline under that injection); "quad": a
+# quadratic run.
 KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "tune": ("task", "spec", "lr", "seed", "metrics"),
     "eval": ("task", "spec", "lr", "seed", "metrics"),
     "spike": ("task", "spec", "lr", "seed", "metrics", "injection"),
+    "spike_tune": ("task", "spec", "lr", "seed", "metrics", "injection"),
     "quad": ("task", "spec", "lr", "seed", "metrics"),
     "quad_curve": ("task", "spec"),
     "cost": ("what", "spec"),

@@ -4,7 +4,9 @@ Per network task: (1) **tune** every spec's learning rate on the tuning seeds (v
 split), extending the LR window until the optimum is interior; Muon specs are derived from the
 tuned AdamW (its b2 and weight decay) and tuned the same way; (2) **evaluate** each tuned
 configuration on the evaluation seeds (test split); (3) the **spike sweep** and the **natural
-instability** run on the evaluation seeds at the tuned configurations. Quadratics: every LR ×
+instability** run at the tuned configurations, first on the tuning seeds (``spike_tune``
+records: they pick the strongest baseline under each injection) and then on the evaluation
+seeds (``spike`` records: the verdicts). Quadratics: every LR ×
 variant × seed of a spec in one compiled call; the analysis picks the LR on the tuning seeds.
 
 Records from other code (another commit or other uncommitted edits) are never reused: the old
@@ -36,6 +38,8 @@ from benchmarks.suite.tasks import TASK_BUILDERS, NetTask, with_traced_routing
 from benchmarks.suite.train import PROBE_AFTER, hyper, make_train_fn
 
 Rec = dict[str, Any]
+# A spike run on a tuning seed (picks the strongest baseline), then on an evaluation seed.
+SPIKE_KINDS = ("spike_tune", "spike")
 
 
 def log(msg: str) -> None:
@@ -177,11 +181,11 @@ class Runner:
                 "time_s": dt / len(seeds),
                 "step_time_s": dt / len(seeds) / task.steps,
             }
-            if kind != "tune":
+            if kind in ("eval", "spike"):
                 fields["curves"] = {"val_metric": one["val_metric"], "val_loss": one["val_loss"]}
-            if kind == "spike":
+            if kind in SPIKE_KINDS:
                 fields["injection"] = inj
-            if kind == "spike" and inj["pattern"] != "none":
+            if kind in SPIKE_KINDS and inj["pattern"] != "none":
                 m.update(
                     metrics_lib.spike_metrics(
                         one["probe_loss"],
@@ -287,16 +291,17 @@ class Runner:
             self._unit("eval", task, plan, spec, fns[spec], [(lr, warmup, None)], plan.eval_seeds)
         step = task.steps // 2
         sweep = [{**inj, "step": step} for inj in plan.sweep]
-        for spec in sweep_specs(tuned) if sweep else []:
-            self._unit(
-                "spike",
-                task,
-                plan,
-                spec,
-                fns[spec],
-                [(tuned[spec][0], warmup, inj) for inj in sweep],
-                plan.eval_seeds,
-            )
+        for kind, seeds in zip(SPIKE_KINDS, (plan.tune_seeds, plan.eval_seeds), strict=True):
+            for spec in sweep_specs(tuned) if sweep else []:
+                self._unit(
+                    kind,
+                    task,
+                    plan,
+                    spec,
+                    fns[spec],
+                    [(tuned[spec][0], warmup, inj) for inj in sweep],
+                    seeds,
+                )
         if plan.natural:
             nat = {
                 "magnitude": 1.0,
@@ -305,16 +310,17 @@ class Runner:
                 "step": 0,
                 "natural_lr_factor": suites_lib.NATURAL_LR_FACTOR,
             }
-            for spec, (lr, _) in tuned.items():
-                self._unit(
-                    "spike",
-                    task,
-                    plan,
-                    spec,
-                    fns[spec],
-                    [(lr * suites_lib.NATURAL_LR_FACTOR, 0, nat)],
-                    plan.eval_seeds,
-                )
+            for kind, seeds in zip(SPIKE_KINDS, (plan.tune_seeds, plan.eval_seeds), strict=True):
+                for spec, (lr, _) in tuned.items():
+                    self._unit(
+                        kind,
+                        task,
+                        plan,
+                        spec,
+                        fns[spec],
+                        [(lr * suites_lib.NATURAL_LR_FACTOR, 0, nat)],
+                        seeds,
+                    )
 
     # ------------------------------------------------------------------ quadratics
     def run_quads(self) -> None:

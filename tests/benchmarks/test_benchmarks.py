@@ -268,6 +268,12 @@ def test_smoke_covers_every_task_and_spec(smoke_dir: Path) -> None:
             and "natural_lr_factor" not in r["injection"]
         }
         assert "filtered_adam" in swept and len(swept) >= 2, swept  # F + strongest baselines
+        # The same injections run on the tuning seeds first (they pick the strongest baseline).
+        spike_seeds = {
+            kind: {r["seed"] for r in recs if r["kind"] == kind and r["task"] == plan.task}
+            for kind in ("spike_tune", "spike")
+        }
+        assert spike_seeds == {"spike_tune": set(plan.tune_seeds), "spike": set(plan.eval_seeds)}
         derived = [
             r["spec"]
             for r in recs

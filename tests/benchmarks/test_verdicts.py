@@ -135,7 +135,7 @@ def test_censored_outcomes_use_the_sign_test_and_print_as_censored() -> None:
     assert few.verdict == "inconclusive"  # 2 pairs cannot reach 0.05
 
 
-def _net(kind: str, spec: str, seed: int, test: float, lr: float = 1e-3) -> dict:
+def _net(kind: str, spec: str, seed: int, test: float, lr: float = 1e-3, **extra) -> dict:
     metrics = {
         "final_val_metric": test,
         "test_metric": test,
@@ -165,6 +165,7 @@ def _net(kind: str, spec: str, seed: int, test: float, lr: float = 1e-3) -> dict
         time_s=1.0,
         step_time_s=0.01,
         curves={"val_metric": [test], "val_loss": [test]},
+        **extra,
     )
 
 
@@ -227,6 +228,33 @@ def test_report_of_one_commit_prints_it_and_writes_summary(tmp_path: Path) -> No
     assert summ["tasks"]["t"]["eval_seeds"] == list(range(1000, 1006))
     row = next(r for r in summ["claims"] if r["claim"].startswith("generalizes"))
     assert row["baseline"] == BASE and row["verdict"] == "better" and row["p_holm"] < 0.05
+
+
+def _spiked(kind: str, spec: str, seed: int, val: float) -> dict:
+    inj = {"kind": "batch", "magnitude": 1000.0, "pattern": "once", "step": 150}
+    return _net(kind, spec, seed, val, injection=inj)
+
+
+def test_spike_verdicts_face_the_baseline_that_was_best_under_that_spike() -> None:
+    """Clean tuning prefers `adam(b2=0.95)`; under the injection, on the tuning seeds, the
+    clip is better, so the verdict (on the evaluation seeds) is against the clip."""
+    adam, clip = "adam(b2=0.95)", "adam+clip(max_norm=1.0)"
+    recs = [
+        _net("tune", spec, k, v) for spec, v in ((F, 2.2), (adam, 2.0), (clip, 2.1)) for k in (0, 1)
+    ]
+    recs += [
+        _spiked("spike_tune", spec, k, v)
+        for spec, v in ((F, 2.3), (adam, 3.0), (clip, 2.2))
+        for k in (0, 1)
+    ]
+    ev = np.linspace(2.0, 2.4, 6)
+    recs += [_spiked("spike", clip, 1000 + i, float(x)) for i, x in enumerate(ev)]
+    recs += [_spiked("spike", adam, 1000 + i, float(x) + 1.0) for i, x in enumerate(ev)]
+    recs += [_spiked("spike", F, 1000 + i, float(x) + 0.3 + 0.01 * i) for i, x in enumerate(ev)]
+    claim = an.spike_claim(recs, natural=False)
+    (c,) = claim.comparisons
+    assert c.baseline == clip and c.verdict == "worse"  # against plain Adam it would be "better"
+    assert c.n == 6  # evaluation seeds only
 
 
 def test_report_lists_the_parts_a_restricted_run_left_out(tmp_path: Path) -> None:
