@@ -6,8 +6,8 @@ tuned AdamW (its b2 and weight decay) and tuned the same way; (2) **evaluate** e
 configuration on the evaluation seeds (test split); (3) the **spike sweep** and the **natural
 instability** run at the tuned configurations, first on the tuning seeds (``spike_tune``
 records: they pick the strongest baseline under each injection) and then on the evaluation
-seeds (``spike`` records: the verdicts). Quadratics: every LR ×
-variant × seed of a spec in one compiled call; the analysis picks the LR on the tuning seeds.
+seeds (``spike`` records: the verdicts). Quadratics: every LR × variant × seed of a spec in
+one compiled call; the analysis picks the LR on the tuning seeds.
 
 Records from other code (another commit or other uncommitted edits) are never reused: the old
 file is moved aside and the suite reruns.
