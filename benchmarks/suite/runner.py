@@ -291,17 +291,14 @@ class Runner:
             self._unit("eval", task, plan, spec, fns[spec], [(lr, warmup, None)], plan.eval_seeds)
         step = task.steps // 2
         sweep = [{**inj, "step": step} for inj in plan.sweep]
-        for kind, seeds in zip(SPIKE_KINDS, (plan.tune_seeds, plan.eval_seeds), strict=True):
-            for spec in sweep_specs(tuned) if sweep else []:
-                self._unit(
-                    kind,
-                    task,
-                    plan,
-                    spec,
-                    fns[spec],
-                    [(tuned[spec][0], warmup, inj) for inj in sweep],
-                    seeds,
-                )
+        if sweep:
+            self._spike_units(
+                task,
+                plan,
+                fns,
+                sweep_specs(tuned),
+                lambda spec: [(tuned[spec][0], warmup, inj) for inj in sweep],
+            )
         if plan.natural:
             nat = {
                 "magnitude": 1.0,
@@ -310,17 +307,27 @@ class Runner:
                 "step": 0,
                 "natural_lr_factor": suites_lib.NATURAL_LR_FACTOR,
             }
-            for kind, seeds in zip(SPIKE_KINDS, (plan.tune_seeds, plan.eval_seeds), strict=True):
-                for spec, (lr, _) in tuned.items():
-                    self._unit(
-                        kind,
-                        task,
-                        plan,
-                        spec,
-                        fns[spec],
-                        [(lr * suites_lib.NATURAL_LR_FACTOR, 0, nat)],
-                        seeds,
-                    )
+            self._spike_units(
+                task,
+                plan,
+                fns,
+                list(tuned),
+                lambda spec: [(tuned[spec][0] * suites_lib.NATURAL_LR_FACTOR, 0, nat)],
+            )
+
+    def _spike_units(
+        self,
+        task: NetTask,
+        plan: NetPlan,
+        fns: dict[str, Callable],
+        specs: list[str],
+        runs_of: Callable[[str], list[tuple[float, int, dict[str, Any]]]],
+    ) -> None:
+        """``runs_of(spec)`` for every spec, first on the tuning seeds (``spike_tune``), then
+        on the evaluation seeds (``spike``)."""
+        for kind, seeds in zip(SPIKE_KINDS, (plan.tune_seeds, plan.eval_seeds), strict=True):
+            for spec in specs:
+                self._unit(kind, task, plan, spec, fns[spec], runs_of(spec), seeds)
 
     # ------------------------------------------------------------------ quadratics
     def run_quads(self) -> None:

@@ -35,6 +35,8 @@ ADAMW = (
     "adamw(weight_decay=0.0)",
     "adamw(weight_decay=0.1)",
 )
+# The LM's AdamW grid, shrunk to fit the budget: weight decay 0.1 (the LM sizing run's) × b2.
+LM_ADAMW = ("adamw(b2=0.95, weight_decay=0.1)", "adamw(weight_decay=0.1)")
 # Muon specs derived from the tuned AdamW (its b2 and weight decay), filled in per task.
 MUON_TEMPLATES = (
     "muon(adam_b2={b2}, weight_decay={wd})",
@@ -235,19 +237,23 @@ SUITES: dict[str, Suite] = {
     "full": Suite(
         name="full",
         nets=(
-            # The LM dominates the cost: 1 tuning seed, a 3-point window extended by ≤ 1 point.
+            # The LM dominates the cost (≈ 145 s per seed-run on 2 idle cores): it carries the
+            # convergence / generalization claims only, on 1 tuning seed with a 3-point LR
+            # window extended by ≤ 1 point, and AdamW's grid shrunk to b2 {0.95, 0.999} at
+            # weight decay 0.1 (LM_ADAMW). Its spike grid (LM_SWEEP) and natural instability
+            # do not fit the 120-min budget on 2 CPU cores; robustness is judged on MNIST-1D
+            # and the quadratics (see benchmarks/README.md, Budget).
             NetPlan(
                 "lm",
                 _LM_FULL,
                 (2.2, 2.0, 1.8),
                 seeds(0, 1),
                 seeds(1000, 5),
-                specs=(F, "adam(b2=0.95)", "adam", *CLIP, "adam+clip_value(0.1)", *SPAM, *ADAMW),
-                sweep=LM_SWEEP,
-                natural=True,
+                specs=(F, *LM_ADAMW),
                 window=3,
                 max_extend=1,
             ),
+            # The natural instability (4× the tuned LR, no warmup, nothing injected) runs here.
             NetPlan(
                 "mnist1d_mlp",
                 dict(steps=600, eval_every=50),
@@ -255,6 +261,7 @@ SUITES: dict[str, Suite] = {
                 seeds(0, 2),
                 seeds(1000, 5),
                 sweep=SWEEP,
+                natural=True,
             ),
             # CNN and Fashion-MNIST carry the convergence / generalization claims only.
             NetPlan(
